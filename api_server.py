@@ -1,0 +1,369 @@
+"""REST API of the translation service (Flask, served by gunicorn).
+
+Every response is JSON. Errors have the shape ``{"success": false, "error":
+"...", "code": "..."}`` with the status of the ``core.errors`` class behind
+them; nothing returns HTML or a traceback. The API never imports torch: it
+looks texts up in the shared cache and sends the misses to Celery workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import redis
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from core import dispatch, jobs, models, workers
+from core.cache import get_cache
+from core.config import get_settings
+from core.errors import (
+    DeadlineExceeded,
+    InputTooLarge,
+    InvalidRequest,
+    ServiceError,
+)
+from core.languages import language_name
+from core.logs import configure_logging
+from core.store import redis_client
+
+logger = logging.getLogger(__name__)
+
+JSON_MIMETYPE = "application/json"
+
+
+def _error_response(status: int, message: str, code: str, **extra: Any) -> Response:
+    response = jsonify({"success": False, "error": message, "code": code, **extra})
+    response.status_code = status
+    return response
+
+
+def _json_body() -> dict[str, Any]:
+    """Return the request body as a JSON object, or raise a 4xx error."""
+    if request.mimetype != JSON_MIMETYPE:
+        raise UnsupportedMediaType(request.mimetype or "none")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise InvalidRequest(
+            "The request body is not valid JSON. Send a JSON object such as "
+            '{"text": "Hello", "source_lang": "en", "target_lang": "es"}.'
+        )
+    if not isinstance(body, dict):
+        raise InvalidRequest(
+            f"The request body must be a JSON object, got {type(body).__name__}."
+        )
+    return body
+
+
+class UnsupportedMediaType(ServiceError):
+    """The request body is not ``application/json``."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+    def __init__(self, mimetype: str) -> None:
+        super().__init__(
+            f"Content type {mimetype!r} is not supported. Send the body as JSON "
+            "with the header 'Content-Type: application/json'."
+        )
+
+
+def _check_text(value: Any, field: str) -> str:
+    settings = get_settings()
+    if not isinstance(value, str):
+        raise InvalidRequest(
+            f"Field {field!r} must be a string, got "
+            f"{'null' if value is None else type(value).__name__}."
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(
+            f"Field {field!r} contains a lone UTF-16 surrogate, which is not "
+            "valid Unicode. Send the text as valid UTF-8."
+        ) from None
+    if len(value) > settings.max_text_chars:
+        raise InputTooLarge(
+            f"Field {field!r} has {len(value)} characters; the limit is "
+            f"{settings.max_text_chars} (MAX_TEXT_CHARS). Split the text or "
+            "use /api/batch."
+        )
+    return value
+
+
+def _required(body: dict[str, Any], field: str) -> Any:
+    if field not in body or body[field] is None:
+        raise InvalidRequest(f"Field {field!r} is required.")
+    return body[field]
+
+
+def _pair(body: dict[str, Any]) -> tuple[str, str]:
+    return models.resolve_pair(
+        _required(body, "source_lang"), _required(body, "target_lang")
+    )
+
+
+def _texts(body: dict[str, Any]) -> list[str]:
+    settings = get_settings()
+    texts = _required(body, "texts")
+    if not isinstance(texts, list):
+        raise InvalidRequest(
+            f"Field 'texts' must be a list of strings, got {type(texts).__name__}."
+        )
+    if not texts:
+        raise InvalidRequest("Field 'texts' is empty. Send at least one text.")
+    if len(texts) > settings.max_batch_texts:
+        raise InputTooLarge(
+            f"Field 'texts' has {len(texts)} items; the limit is "
+            f"{settings.max_batch_texts} (MAX_BATCH_TEXTS). Split the batch or "
+            "use the CSV batch CLI."
+        )
+    return [_check_text(text, f"texts[{index}]") for index, text in enumerate(texts)]
+
+
+def _async_flag(body: dict[str, Any]) -> bool:
+    value = body.get("async", False)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"Field 'async' must be true or false, got {value!r}.")
+    return value
+
+
+def _public_item(item: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "translation": item["translation"],
+        "cached": bool(item.get("cached")),
+        "model": item.get("model"),
+        **{
+            name: value
+            for name, value in item.items()
+            if name not in {"translation", "cached", "model"}
+        },
+    }
+
+
+def register_routes(app: Flask) -> None:
+    """Attach every endpoint of the API to ``app``."""
+
+    @app.post("/api/translate")
+    def translate() -> Response:
+        body = _json_body()
+        text = _check_text(_required(body, "text"), "text")
+        source, target = _pair(body)
+        item = dispatch.translate_sync([text], source, target, kind="text")[0]
+        return jsonify(
+            {
+                "success": True,
+                **_public_item(item),
+                "source_lang": source,
+                "target_lang": target,
+            }
+        )
+
+    @app.post("/api/batch")
+    def batch() -> tuple[Response, int] | Response:
+        body = _json_body()
+        texts = _texts(body)
+        source, target = _pair(body)
+        if _async_flag(body):
+            job_id = dispatch.submit_async(texts, source, target)
+            response = jsonify({"success": True, "task_id": job_id, "status": "queued"})
+            response.headers["Location"] = f"/api/task/{job_id}"
+            return response, 202
+        items = dispatch.translate_sync(texts, source, target)
+        public = [_public_item(item) for item in items]
+        return jsonify(
+            {
+                "success": True,
+                "translations": [item["translation"] for item in public],
+                "items": public,
+                "source_lang": source,
+                "target_lang": target,
+            }
+        )
+
+    @app.get("/api/task/<task_id>")
+    def task_status(task_id: str) -> Response:
+        return jsonify({"success": True, **jobs.job_status(task_id)})
+
+    @app.delete("/api/task/<task_id>")
+    def task_cancel(task_id: str) -> Response:
+        return jsonify({"success": True, **jobs.cancel_job(task_id)})
+
+    @app.get("/api/cache/stats")
+    def cache_stats() -> Response:
+        return jsonify(
+            {
+                "success": True,
+                "cache": get_cache().stats(),
+                "models_loaded": _models_loaded(),
+            }
+        )
+
+    @app.post("/api/cache/clear")
+    def cache_clear() -> Response:
+        result = get_cache().clear()
+        logger.info("Request %s cleared the cache", g.request_id)
+        return jsonify({"success": True, **result})
+
+    @app.get("/api/languages")
+    def languages() -> Response:
+        pairs = models.served_pairs()
+        codes = sorted({code for pair in pairs for code in pair})
+        return jsonify(
+            {
+                "success": True,
+                "languages": [
+                    {"code": code, "name": language_name(code)} for code in codes
+                ],
+                "pairs": [
+                    {
+                        "source_lang": source,
+                        "target_lang": target,
+                        "source_name": language_name(source),
+                        "target_name": language_name(target),
+                        "model": models.checkpoint_name(source, target),
+                    }
+                    for source, target in pairs
+                ],
+            }
+        )
+
+    @app.get("/health")
+    def health() -> tuple[Response, int]:
+        return _health()
+
+
+def _models_loaded() -> dict[str, list[str]] | None:
+    try:
+        return workers.loaded_models_by_process()
+    except redis.RedisError:
+        return None
+
+
+def _health() -> tuple[Response, int]:
+    cache_stats = get_cache().stats()
+    try:
+        redis_client().ping()
+        live = workers.live_workers()
+        redis_ok = True
+    except redis.RedisError as error:
+        logger.warning("Health check: Redis unreachable: %s", error)
+        live, redis_ok = [], False
+
+    ok = redis_ok and bool(live) and cache_stats["disk_ok"]
+    body = {
+        "status": "ok" if ok else "degraded",
+        "redis": redis_ok,
+        "workers": len(live),
+        "worker_details": [
+            {key: worker.get(key) for key in ("hostname", "queues", "pairs")}
+            for worker in live
+        ],
+        "models_loaded": _models_loaded() if redis_ok else None,
+        "cache": {
+            "redis_connected": cache_stats["redis_connected"],
+            "disk_ok": cache_stats["disk_ok"],
+            "memory_entries": cache_stats["tiers"]["memory"]["entries"],
+            "disk_entries": cache_stats["tiers"]["disk"]["entries"],
+            "hit_rate": cache_stats["hit_rate"],
+        },
+    }
+    return jsonify(body), 200 if redis_ok else 503
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Map every error to one JSON shape; never HTML or a traceback."""
+
+    @app.errorhandler(ServiceError)
+    def service_error(error: ServiceError) -> Response:
+        extra: dict[str, Any] = {}
+        if isinstance(error, DeadlineExceeded):
+            extra["task_id"] = error.task_id
+        if error.status >= 500:
+            logger.warning(
+                "Request %s failed with %s: %s", g.request_id, error.code, error.message
+            )
+        response = _error_response(error.status, error.message, error.code, **extra)
+        if error.status == 503:
+            response.headers["Retry-After"] = "5"
+        return response
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(_: RequestEntityTooLarge) -> Response:
+        limit = get_settings().max_request_bytes
+        return _error_response(
+            413,
+            f"The request body is larger than the limit of {limit} bytes "
+            "(MAX_REQUEST_BYTES). Send fewer or shorter texts per request.",
+            "request_too_large",
+        )
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        message = {
+            404: f"No endpoint at {request.path!r}. See the README for the API.",
+            405: f"Method {request.method} is not allowed on {request.path!r}.",
+        }.get(status, error.description or error.name)
+        response = _error_response(
+            status, message, error.name.lower().replace(" ", "_")
+        )
+        valid_methods = getattr(error, "valid_methods", None)
+        if status == 405 and valid_methods:
+            response.headers["Allow"] = ", ".join(valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        logger.exception("Request %s failed unexpectedly", g.get("request_id"))
+        return _error_response(
+            500,
+            "The server failed to handle the request. The error is logged with "
+            f"request id {g.get('request_id')}.",
+            "internal_error",
+        )
+
+
+def create_app() -> Flask:
+    """Build the Flask application."""
+    settings = get_settings()
+    configure_logging()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    app.config["TRAP_HTTP_EXCEPTIONS"] = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+
+    @app.before_request
+    def start_request() -> None:
+        g.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def finish_request(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1e3
+        logger.info(
+            "Request %s %s %s -> %d in %.1f ms",
+            g.get("request_id"),
+            request.method,
+            request.path,
+            response.status_code,
+            elapsed_ms,
+        )
+        return response
+
+    register_routes(app)
+    register_error_handlers(app)
+    return app
+
+
+app = create_app()
+
+if __name__ == "__main__":
+    _settings = get_settings()
+    app.run(host=_settings.host, port=_settings.port, debug=False)

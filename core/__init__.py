@@ -1,0 +1,1 @@
+"""Shared library code of the translation service: one module per concept."""

@@ -1,0 +1,264 @@
+"""Settings of the translation service, read once from environment variables.
+
+Every setting has a typed default here and a row in the README table. Reading
+the settings has no side effects: no directory is created and no connection is
+opened until a component uses them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_PAIRS = ("en-es", "es-en", "en-de", "de-en", "en-fr", "fr-en")
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+def _env_str(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip()
+
+
+def _env_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not an integer. Set it to a whole number "
+            f"such as {default}, or unset it to use the default."
+        ) from None
+    if value < minimum:
+        raise ConfigError(
+            f"{name}={raw!r} is below the minimum of {minimum}. "
+            f"Set it to at least {minimum} (default {default})."
+        )
+    return value
+
+
+def _env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not a number. Set it to a value such as "
+            f"{default}, or unset it to use the default."
+        ) from None
+    if value < minimum:
+        raise ConfigError(
+            f"{name}={raw!r} is below the minimum of {minimum}. "
+            f"Set it to at least {minimum} (default {default})."
+        )
+    return value
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(
+        f"{name}={raw!r} is not a boolean. Use one of true, false, 1, 0, "
+        "yes, no, on, off."
+    )
+
+
+def _env_path(name: str, default: Path | None) -> Path | None:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return Path(raw.strip()).expanduser().resolve()
+
+
+def _env_pairs(name: str) -> tuple[str, ...] | None:
+    """Parse a comma-separated list such as ``en-es,es-en`` into pair codes."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    pairs = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        pieces = part.split("-")
+        if len(pieces) != 2 or not all(pieces):
+            raise ConfigError(
+                f"{name} contains {part!r}, which is not a language pair. "
+                "Write pairs as SOURCE-TARGET separated by commas, "
+                "for example 'en-es,es-en'."
+            )
+        pairs.append(part)
+    return tuple(pairs)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed view of every environment variable the service reads."""
+
+    # Network and processes.
+    redis_url: str = DEFAULT_REDIS_URL
+    broker_url: str = DEFAULT_REDIS_URL
+    result_backend: str = DEFAULT_REDIS_URL
+    host: str = "127.0.0.1"
+    port: int = 5000
+    streamlit_port: int = 8501
+    flower_port: int = 5555
+    debug: bool = False
+
+    # Models.
+    model_dir: Path | None = None
+    language_pairs: tuple[str, ...] | None = None
+    auto_download_models: bool = False
+    max_loaded_models: int = 2
+    device: str = "auto"
+    precision: str = "auto"
+    engine: str = "transformers"
+    num_beams: int = 4
+    batch_token_budget: int = 6000
+    max_batch_size: int = 64
+    max_new_tokens_ratio: float = 1.5
+    max_new_tokens_extra: int = 10
+    torch_threads: int = 0
+
+    # Cache.
+    cache_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "var" / "cache")
+    cache_memory_entries: int = 10_000
+    cache_disk_bytes: int = 1_073_741_824
+    cache_redis_ttl: int = 30 * 24 * 3600
+    cache_prefix: str = "trans:"
+
+    # Request limits and deadlines.
+    max_text_chars: int = 5_000
+    max_batch_texts: int = 1_000
+    max_request_bytes: int = 2 * 1024 * 1024
+    sync_timeout: float = 30.0
+    redis_timeout: float = 1.0
+    redis_retry_interval: float = 2.0
+
+    # Jobs and Celery.
+    job_ttl: int = 24 * 3600
+    chunk_size: int = 64
+    sync_batch_max_texts: int = 64
+    worker_concurrency: int = 1
+    worker_max_tasks_per_child: int = 200
+    task_soft_time_limit: int = 600
+    task_time_limit: int = 660
+    visibility_timeout: int = 900
+
+    @property
+    def pairs_are_configured(self) -> bool:
+        """True when ``LANGUAGE_PAIRS`` names the pairs explicitly."""
+        return self.language_pairs is not None
+
+
+def load_settings() -> Settings:
+    """Read every setting from the environment, without caching."""
+    redis_url = _env_str("REDIS_URL", DEFAULT_REDIS_URL)
+    task_time_limit = _env_int("TASK_TIME_LIMIT", 660, minimum=1)
+    soft_default = max(1, task_time_limit - 60)
+    settings = Settings(
+        redis_url=redis_url,
+        broker_url=_env_str("CELERY_BROKER_URL", redis_url),
+        result_backend=_env_str("CELERY_RESULT_BACKEND", redis_url),
+        host=_env_str("HOST", "127.0.0.1"),
+        port=_env_int("PORT", 5000, minimum=1),
+        streamlit_port=_env_int("STREAMLIT_PORT", 8501, minimum=1),
+        flower_port=_env_int("FLOWER_PORT", 5555, minimum=1),
+        debug=_env_bool("DEBUG", False),
+        model_dir=_env_path("MODEL_DIR", None),
+        language_pairs=_env_pairs("LANGUAGE_PAIRS"),
+        auto_download_models=_env_bool("AUTO_DOWNLOAD_MODELS", False),
+        max_loaded_models=_env_int("MAX_LOADED_MODELS", 2, minimum=1),
+        device=_env_str("DEVICE", "auto").lower(),
+        precision=_env_str("PRECISION", "auto").lower(),
+        engine=_env_str("ENGINE", "transformers").lower(),
+        num_beams=_env_int("NUM_BEAMS", 4, minimum=1),
+        batch_token_budget=_env_int("BATCH_TOKEN_BUDGET", 6000, minimum=64),
+        max_batch_size=_env_int("MAX_BATCH_SIZE", 64, minimum=1),
+        max_new_tokens_ratio=_env_float("MAX_NEW_TOKENS_RATIO", 1.5, minimum=0.1),
+        max_new_tokens_extra=_env_int("MAX_NEW_TOKENS_EXTRA", 10, minimum=0),
+        torch_threads=_env_int("TORCH_THREADS", 0, minimum=0),
+        cache_dir=_env_path("CACHE_DIR", PROJECT_ROOT / "var" / "cache")
+        or PROJECT_ROOT / "var" / "cache",
+        cache_memory_entries=_env_int("CACHE_MEMORY_ENTRIES", 10_000, minimum=0),
+        cache_disk_bytes=_env_int("CACHE_DISK_BYTES", 1_073_741_824, minimum=0),
+        cache_redis_ttl=_env_int("CACHE_REDIS_TTL", 30 * 24 * 3600, minimum=1),
+        cache_prefix=_env_str("CACHE_PREFIX", "trans:"),
+        max_text_chars=_env_int("MAX_TEXT_CHARS", 5_000, minimum=1),
+        max_batch_texts=_env_int("MAX_BATCH_TEXTS", 1_000, minimum=1),
+        max_request_bytes=_env_int("MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=1),
+        sync_timeout=_env_float("SYNC_TIMEOUT", 30.0, minimum=0.1),
+        redis_timeout=_env_float("REDIS_TIMEOUT", 1.0, minimum=0.05),
+        redis_retry_interval=_env_float("REDIS_RETRY_INTERVAL", 2.0, minimum=0.0),
+        job_ttl=_env_int("JOB_TTL", 24 * 3600, minimum=60),
+        chunk_size=_env_int("CHUNK_SIZE", 64, minimum=1),
+        sync_batch_max_texts=_env_int("SYNC_BATCH_MAX_TEXTS", 64, minimum=1),
+        worker_concurrency=_env_int("WORKER_CONCURRENCY", 1, minimum=1),
+        worker_max_tasks_per_child=_env_int(
+            "WORKER_MAX_TASKS_PER_CHILD", 200, minimum=1
+        ),
+        task_soft_time_limit=_env_int("TASK_SOFT_TIME_LIMIT", soft_default, minimum=1),
+        task_time_limit=task_time_limit,
+        visibility_timeout=_env_int(
+            "VISIBILITY_TIMEOUT", task_time_limit + 240, minimum=1
+        ),
+    )
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    if settings.engine not in {"transformers"}:
+        raise ConfigError(
+            f"ENGINE={settings.engine!r} is not supported. Use 'transformers'."
+        )
+    if settings.device not in {"auto", "cpu", "cuda"}:
+        raise ConfigError(
+            f"DEVICE={settings.device!r} is not valid. Use auto, cpu or cuda."
+        )
+    if settings.precision not in {"auto", "fp32", "fp16"}:
+        raise ConfigError(
+            f"PRECISION={settings.precision!r} is not valid. Use auto, fp32 or fp16."
+        )
+    if settings.task_soft_time_limit >= settings.task_time_limit:
+        raise ConfigError(
+            f"TASK_SOFT_TIME_LIMIT={settings.task_soft_time_limit} must be below "
+            f"TASK_TIME_LIMIT={settings.task_time_limit}, so a task gets the "
+            "soft signal before it is killed."
+        )
+    if settings.visibility_timeout <= settings.task_time_limit:
+        raise ConfigError(
+            f"VISIBILITY_TIMEOUT={settings.visibility_timeout} must be longer "
+            f"than TASK_TIME_LIMIT={settings.task_time_limit}; otherwise Redis "
+            "redelivers a task that is still running and it runs twice."
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read on first use."""
+    return load_settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings so the next call reads the environment again."""
+    get_settings.cache_clear()

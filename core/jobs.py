@@ -1,0 +1,409 @@
+"""Jobs: what a user submitted, tracked across the Celery tasks that run it.
+
+A job (a synchronous request, an async batch or a CSV file) is split into
+chunks of consecutive items. Items found in the cache are stored with the
+chunk; the misses of a chunk go to one Celery task. Redis holds:
+
+- ``mt:job:<id>``: JSON metadata with a TTL of ``JOB_TTL``;
+- ``mt:job:<id>:chunks``: a list of ``{task_id, start, count, hits}`` entries;
+- ``mt:job:<id>:hits:<n>``: the cached items and miss positions of chunk n;
+- ``mt:jobknown:<id>``: the expiry time, kept 30 days longer, so an expired
+  job answers 410 instead of 404.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from celery import states
+from celery.exceptions import TimeoutError as ResultTimeout
+
+from core.broker import BROKER_ERRORS, celery_app
+from core.config import get_settings
+from core.errors import (
+    ERRORS_BY_NAME,
+    BackendUnavailable,
+    DeadlineExceeded,
+    JobCancelled,
+    JobExpired,
+    JobNotFound,
+    ServiceError,
+    TranslationFailed,
+)
+from core.store import redis_client
+
+logger = logging.getLogger(__name__)
+
+JOB_PREFIX = "mt:job:"
+KNOWN_PREFIX = "mt:jobknown:"
+TOMBSTONE_EXTRA_SECONDS = 30 * 24 * 3600
+RESULT_POLL_INTERVAL = 0.05
+STATUS_QUEUED = "queued"
+STATUS_PROCESSING = "processing"
+STATUS_DONE = "done"
+STATUS_FAILED = "failed"
+STATUS_CANCELLED = "cancelled"
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class Chunk:
+    """Consecutive items of a job: cached items plus the misses sent as a task."""
+
+    start: int
+    count: int
+    hits: dict[int, dict[str, Any]] = field(default_factory=dict)
+    misses: list[int] = field(default_factory=list)
+    task_id: str | None = None
+
+
+def _redis_call(function: Any) -> Any:
+    try:
+        return function(redis_client())
+    except redis.RedisError as error:
+        raise BackendUnavailable(
+            f"Redis is unreachable ({error}). Start Redis and retry."
+        ) from None
+
+
+def create_job(
+    job_id: str, kind: str, source_lang: str, target_lang: str, **meta: Any
+) -> dict[str, Any]:
+    """Record a new job; chunks are added with ``add_chunk``."""
+    settings = get_settings()
+    now = time.time()
+    record = {
+        "job_id": job_id,
+        "kind": kind,
+        "source_lang": source_lang,
+        "target_lang": target_lang,
+        "created_at": now,
+        "expires_at": now + settings.job_ttl,
+        "total": meta.pop("total", None),
+        "submitted": False,
+        "cancelled": False,
+        "meta": meta,
+    }
+
+    def write(client: redis.Redis) -> None:
+        pipeline = client.pipeline()
+        pipeline.set(f"{JOB_PREFIX}{job_id}", json.dumps(record), ex=settings.job_ttl)
+        pipeline.set(
+            f"{KNOWN_PREFIX}{job_id}",
+            record["expires_at"],
+            ex=settings.job_ttl + TOMBSTONE_EXTRA_SECONDS,
+        )
+        pipeline.execute()
+
+    _redis_call(write)
+    return record
+
+
+def add_chunk(job_id: str, index: int, chunk: Chunk) -> None:
+    """Append a chunk to a job, storing its cached items."""
+    settings = get_settings()
+    entry = {
+        "task_id": chunk.task_id,
+        "start": chunk.start,
+        "count": chunk.count,
+        "hits": len(chunk.hits),
+    }
+    detail = {
+        "hits": {str(position): item for position, item in chunk.hits.items()},
+        "misses": chunk.misses,
+    }
+
+    def write(client: redis.Redis) -> None:
+        pipeline = client.pipeline()
+        pipeline.set(
+            f"{JOB_PREFIX}{job_id}:hits:{index}",
+            json.dumps(detail),
+            ex=settings.job_ttl,
+        )
+        pipeline.rpush(f"{JOB_PREFIX}{job_id}:chunks", json.dumps(entry))
+        pipeline.expire(f"{JOB_PREFIX}{job_id}:chunks", settings.job_ttl)
+        pipeline.execute()
+
+    _redis_call(write)
+
+
+def finish_submission(job_id: str, total: int) -> None:
+    """Mark that every chunk of a job has been sent."""
+    record = load_job(job_id)
+    record["submitted"] = True
+    record["total"] = total
+    _save(record)
+
+
+def _save(record: dict[str, Any]) -> None:
+    ttl = max(1, int(record["expires_at"] - time.time()))
+    _redis_call(
+        lambda client: client.set(
+            f"{JOB_PREFIX}{record['job_id']}", json.dumps(record), ex=ttl
+        )
+    )
+
+
+def load_job(job_id: str) -> dict[str, Any]:
+    """Return a job's metadata; raise JobNotFound or JobExpired."""
+
+    def read(client: redis.Redis) -> tuple[Any, Any]:
+        pipeline = client.pipeline(transaction=False)
+        pipeline.get(f"{JOB_PREFIX}{job_id}")
+        pipeline.get(f"{KNOWN_PREFIX}{job_id}")
+        return tuple(pipeline.execute())
+
+    raw, known = _redis_call(read)
+    if raw is not None:
+        return json.loads(raw)
+    if known is not None:
+        expired_at = time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(known.decode()))
+        )
+        raise JobExpired(
+            f"Job {job_id!r} expired at {expired_at} and its result was deleted. "
+            "Submit the texts again."
+        )
+    raise JobNotFound(
+        f"No job with id {job_id!r} was submitted to this service. "
+        "Check the id returned when the job was queued."
+    )
+
+
+def is_cancelled(job_id: str | None) -> bool:
+    """True when the job was cancelled; False when unknown or unreachable."""
+    if not job_id:
+        return False
+    try:
+        raw = redis_client().get(f"{JOB_PREFIX}{job_id}")
+    except redis.RedisError:
+        return False
+    return bool(raw) and bool(json.loads(raw).get("cancelled"))
+
+
+def _chunks(job_id: str) -> list[dict[str, Any]]:
+    raw = _redis_call(
+        lambda client: client.lrange(f"{JOB_PREFIX}{job_id}:chunks", 0, -1)
+    )
+    return [json.loads(entry) for entry in raw]
+
+
+def _chunk_detail(job_id: str, index: int) -> dict[str, Any]:
+    raw = _redis_call(lambda client: client.get(f"{JOB_PREFIX}{job_id}:hits:{index}"))
+    if raw is None:
+        raise JobExpired(f"Job {job_id!r} lost chunk {index}; submit it again.")
+    return json.loads(raw)
+
+
+def _task_metas(task_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Read task states straight from the result backend in one round trip."""
+    if not task_ids:
+        return {}
+    backend = celery_app().backend
+    keys = [backend.get_key_for_task(task_id) for task_id in task_ids]
+    try:
+        raw = backend.client.mget(keys)
+    except BROKER_ERRORS as error:
+        raise BackendUnavailable(
+            f"The result backend is unreachable ({error})."
+        ) from None
+    metas = {}
+    for task_id, value in zip(task_ids, raw, strict=True):
+        if value is not None:
+            metas[task_id] = json.loads(value)
+    return metas
+
+
+def _failure_message(meta: dict[str, Any]) -> str:
+    result = meta.get("result")
+    if isinstance(result, dict):
+        return str(result.get("exc_message") or result.get("exc_type") or result)
+    return str(result)
+
+
+def _flatten_message(message: Any) -> str:
+    if isinstance(message, list | tuple):
+        return " ".join(str(part) for part in message)
+    return str(message)
+
+
+def job_status(job_id: str, include_result: bool = True) -> dict[str, Any]:
+    """Return the job report served by ``GET /api/task/<task_id>``."""
+    record = load_job(job_id)
+    chunks = _chunks(job_id)
+    task_ids = [chunk["task_id"] for chunk in chunks if chunk["task_id"]]
+    metas = _task_metas(task_ids)
+
+    current = 0
+    started = False
+    failures: list[tuple[int, dict[str, Any], str]] = []
+    pending = False
+    for index, chunk in enumerate(chunks):
+        current += chunk["hits"]
+        task_id = chunk["task_id"]
+        if task_id is None:
+            continue
+        meta = metas.get(task_id, {"status": states.PENDING})
+        status = meta.get("status")
+        if status == states.SUCCESS:
+            current += chunk["count"] - chunk["hits"]
+            started = True
+        elif status == states.FAILURE:
+            failures.append((index, chunk, _flatten_message(_failure_message(meta))))
+            started = True
+        elif status == "PROGRESS":
+            current += int((meta.get("result") or {}).get("current", 0))
+            started = True
+            pending = True
+        elif status in (states.STARTED, states.RETRY):
+            started = True
+            pending = True
+        else:
+            pending = True
+
+    total = record["total"] if record["total"] is not None else current
+    report: dict[str, Any] = {
+        "task_id": job_id,
+        "kind": record["kind"],
+        "source_lang": record["source_lang"],
+        "target_lang": record["target_lang"],
+        "progress": {"current": current, "total": total},
+        "errors": [],
+        "created_at": _iso(record["created_at"]),
+        "expires_at": _iso(record["expires_at"]),
+    }
+    if record["cancelled"]:
+        report["status"] = STATUS_CANCELLED
+    elif failures:
+        report["status"] = STATUS_FAILED
+        report["error"] = failures[0][2]
+        report["errors"] = _failure_items(job_id, failures)
+    elif not pending and record["submitted"]:
+        report["status"] = STATUS_DONE
+        if include_result:
+            deadline = time.monotonic() + get_settings().sync_timeout
+            items = list(iter_items(job_id, deadline=deadline))
+            report["result"] = {
+                "translations": [item["translation"] for item in items],
+                "items": items,
+            }
+    elif started or current:
+        report["status"] = STATUS_PROCESSING
+    else:
+        report["status"] = STATUS_QUEUED
+    return report
+
+
+def _failure_items(
+    job_id: str, failures: list[tuple[int, dict[str, Any], str]]
+) -> list[dict[str, Any]]:
+    errors = []
+    for index, chunk, message in failures:
+        detail = _chunk_detail(job_id, index)
+        for position in detail["misses"]:
+            errors.append({"index": chunk["start"] + position, "error": message})
+    return errors
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def wait_for_task(task_id: str, deadline: float | None, job_id: str) -> dict[str, Any]:
+    """Wait for one task's result until the monotonic ``deadline`` (None: forever)."""
+    result = celery_app().AsyncResult(task_id)
+    remaining = None if deadline is None else max(0.01, deadline - time.monotonic())
+    try:
+        value = result.get(
+            timeout=remaining,
+            interval=RESULT_POLL_INTERVAL,
+            propagate=True,
+            disable_sync_subtasks=False,
+        )
+    except (ResultTimeout, TimeoutError):
+        raise DeadlineExceeded(
+            "The translation did not finish within the deadline. Poll "
+            f"GET /api/task/{job_id} for the result.",
+            task_id=job_id,
+        ) from None
+    except ServiceError:
+        raise
+    except BROKER_ERRORS as error:
+        raise BackendUnavailable(
+            f"The result backend is unreachable ({error})."
+        ) from None
+    except Exception as error:  # a worker exception that Celery rebuilt
+        raise _rebuild_error(error) from None
+    return value
+
+
+def _rebuild_error(error: Exception) -> ServiceError:
+    cls = ERRORS_BY_NAME.get(type(error).__name__)
+    message = _flatten_message(error.args[0] if len(error.args) == 1 else error.args)
+    if cls is not None:
+        return cls(message)
+    logger.warning("A worker task failed: %s: %s", type(error).__name__, message)
+    return TranslationFailed(f"The worker failed to translate: {message}")
+
+
+def iter_items(job_id: str, deadline: float | None = None) -> Iterator[dict[str, Any]]:
+    """Yield a job's items in input order, waiting for each chunk's task.
+
+    ``deadline`` is a ``time.monotonic()`` value bounding the whole wait;
+    None waits as long as it takes.
+    """
+    index = 0
+    while True:
+        chunks = _chunks(job_id)
+        if index >= len(chunks):
+            record = load_job(job_id)
+            if record["submitted"]:
+                return
+            time.sleep(RESULT_POLL_INTERVAL)
+            continue
+        chunk = chunks[index]
+        yield from _chunk_items(job_id, index, chunk, deadline)
+        index += 1
+
+
+def _chunk_items(
+    job_id: str, index: int, chunk: dict[str, Any], deadline: float | None
+) -> Iterator[dict[str, Any]]:
+    detail = _chunk_detail(job_id, index)
+    hits = {int(position): item for position, item in detail["hits"].items()}
+    translated: list[dict[str, Any]] = []
+    if chunk["task_id"]:
+        result = wait_for_task(chunk["task_id"], deadline, job_id)
+        if result.get("cancelled"):
+            raise JobCancelled(
+                f"Job {job_id!r} was cancelled; its result is incomplete."
+            )
+        translated = result["items"] if "items" in result else [result]
+    by_position = dict(zip(detail["misses"], translated, strict=True))
+    for position in range(chunk["count"]):
+        yield hits[position] if position in hits else by_position[position]
+
+
+def cancel_job(job_id: str) -> dict[str, Any]:
+    """Cancel a job: mark it and revoke its tasks that have not run."""
+    record = load_job(job_id)
+    record["cancelled"] = True
+    _save(record)
+    task_ids = [chunk["task_id"] for chunk in _chunks(job_id) if chunk["task_id"]]
+    if task_ids:
+        try:
+            celery_app().control.revoke(task_ids)
+        except BROKER_ERRORS as error:
+            logger.warning("Revoking the tasks of job %s failed: %s", job_id, error)
+    logger.info("Job %s cancelled (%d tasks revoked)", job_id, len(task_ids))
+    return {"task_id": job_id, "status": STATUS_CANCELLED}

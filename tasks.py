@@ -1,0 +1,195 @@
+"""Celery tasks of the translation workers.
+
+Workers are the only processes that import torch and transformers, and they
+do so lazily, in the child process that runs the first translation, so the
+parent never touches torch before it forks. Start a worker with
+``celery -A tasks worker``; it consumes the ``interactive``, ``bulk`` and
+``maintenance`` queues unless ``-Q`` names others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery, Task, signals
+
+from core import cache as cache_module
+from core import jobs, models, store, workers
+from core.cache import KeyContext, get_cache
+from core.config import get_settings
+from core.dispatch import needs_model, passthrough_item
+
+logger = logging.getLogger(__name__)
+
+app = Celery("tasks")
+app.config_from_object("celery_config")
+
+_heartbeat: workers.Heartbeat | None = None
+_published: set[tuple[str, str, str]] = set()
+
+
+def _model_context(source_lang: str, target_lang: str) -> tuple[KeyContext, str]:
+    """Return the cache key context and the model name for a pair.
+
+    The fingerprint is read from the checkpoint files when they are on disk,
+    so a batch of cache hits never loads the model.
+    """
+    fingerprint = models.fingerprint_for_pair(source_lang, target_lang)
+    name = models.checkpoint_name(source_lang, target_lang)
+    if fingerprint is None:
+        loaded = models.load_model(source_lang, target_lang)
+        fingerprint, name = loaded.fingerprint, loaded.name
+    marker = (source_lang, target_lang, fingerprint)
+    if marker not in _published:
+        workers.publish_fingerprint(source_lang, target_lang, fingerprint)
+        _published.add(marker)
+    return KeyContext.build(source_lang, target_lang, fingerprint), name
+
+
+def translate_items(
+    task: Task | None,
+    texts: Sequence[str],
+    source_lang: str,
+    target_lang: str,
+    options: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Translate texts with the cache; return one item per text, in order."""
+    from core.translator import translate_texts
+
+    options = dict(options or {})
+    task_id = task.request.id if task is not None else None
+    items: list[dict[str, Any] | None] = [None] * len(texts)
+    wanted = [index for index, text in enumerate(texts) if needs_model(text)]
+    for index, text in enumerate(texts):
+        if not needs_model(text):
+            items[index] = passthrough_item(text)
+    if not wanted:
+        return [item for item in items if item is not None]
+
+    context, model_name = _model_context(source_lang, target_lang)
+    keys = {index: context.key(texts[index], options) for index in wanted}
+    hits = get_cache().get_many(keys.values())
+    misses: dict[str, list[int]] = {}
+    for index in wanted:
+        hit = hits.get(keys[index])
+        if hit is None:
+            misses.setdefault(texts[index], []).append(index)
+        else:
+            value = {name: item for name, item in hit.value.items() if name != "g"}
+            items[index] = {**value, "cached": True, "cache_tier": hit.tier}
+
+    unique = list(misses)
+    logger.info(
+        "Task %s: %d texts %s-%s, %d cache hits, %d to translate",
+        task_id,
+        len(texts),
+        source_lang,
+        target_lang,
+        len(wanted) - sum(len(indexes) for indexes in misses.values()),
+        len(unique),
+    )
+    if unique:
+        loaded = models.load_model(source_lang, target_lang)
+        step = max(1, get_settings().max_batch_size)
+        done = len(texts) - len(unique)
+        new_entries: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(unique), step):
+            group = unique[start : start + step]
+            for text, translation in zip(
+                group, translate_texts(loaded, group, source_lang), strict=True
+            ):
+                value = {"translation": translation, "model": model_name}
+                new_entries[context.key(text, options)] = value
+                for index in misses[text]:
+                    items[index] = {**value, "cached": False}
+            done += len(group)
+            _report_progress(task, done, len(texts))
+        get_cache().set_many(new_entries)
+    return [item for item in items if item is not None]
+
+
+def _report_progress(task: Task | None, current: int, total: int) -> None:
+    if task is None or task.request.called_directly or not task.request.id:
+        return
+    task.update_state(state="PROGRESS", meta={"current": current, "total": total})
+
+
+@app.task(name="tasks.translate_text", bind=True)
+def translate_text(
+    self: Task,
+    text: str,
+    source_lang: str,
+    target_lang: str,
+    options: dict[str, Any] | None = None,
+    job_id: str | None = None,
+) -> dict[str, Any]:
+    """Translate one text; return its item."""
+    if jobs.is_cancelled(job_id):
+        logger.info("Task %s skipped: job %s was cancelled", self.request.id, job_id)
+        return {"cancelled": True}
+    return translate_items(self, [text], source_lang, target_lang, options)[0]
+
+
+@app.task(name="tasks.translate_batch", bind=True)
+def translate_batch(
+    self: Task,
+    texts: list[str],
+    source_lang: str,
+    target_lang: str,
+    options: dict[str, Any] | None = None,
+    job_id: str | None = None,
+) -> dict[str, Any]:
+    """Translate a batch, reporting ``{current, total}`` progress."""
+    if jobs.is_cancelled(job_id):
+        logger.info("Task %s skipped: job %s was cancelled", self.request.id, job_id)
+        return {"cancelled": True, "items": []}
+    items = translate_items(self, texts, source_lang, target_lang, options)
+    return {"translations": [item["translation"] for item in items], "items": items}
+
+
+@app.task(name="tasks.clear_cache")
+def clear_cache() -> dict[str, Any]:
+    """Clear every cache tier in every process."""
+    return get_cache().clear()
+
+
+@app.task(name="tasks.get_cache_stats")
+def get_cache_stats() -> dict[str, Any]:
+    """Return the cache statistics and the models this worker process holds."""
+    return {**get_cache().stats(), "models_loaded": models.loaded_models()}
+
+
+@signals.worker_process_init.connect
+def _init_child(**_: Any) -> None:
+    """Give each forked child its own connections and cache handles."""
+    cache_module.reset_cache()
+    store.reset_client()
+    hostname = os.environ.get("MT_WORKER_HOSTNAME") or workers.default_hostname()
+    models.on_model_change.append(lambda names: workers.record_models(hostname, names))
+
+
+@signals.worker_ready.connect
+def _announce(sender: Any = None, **_: Any) -> None:
+    global _heartbeat
+    hostname = getattr(sender, "hostname", None) or workers.default_hostname()
+    os.environ["MT_WORKER_HOSTNAME"] = hostname
+    queues = sorted(queue.name for queue in app.amqp.queues.consume_from.values())
+    info = {
+        "pid": os.getpid(),
+        "queues": queues,
+        "pairs": [f"{s}-{t}" for s, t in models.served_pairs()],
+        "concurrency": get_settings().worker_concurrency,
+    }
+    _heartbeat = workers.Heartbeat(hostname, info)
+    _heartbeat.start()
+    logger.info("Worker %s ready on queues %s", hostname, ", ".join(queues))
+
+
+@signals.worker_shutdown.connect
+def _retire(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
+        logger.info("Worker %s stopped", _heartbeat.hostname)

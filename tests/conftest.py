@@ -1,0 +1,169 @@
+"""Fixtures shared by every test tier.
+
+Integration fixtures start real processes on 127.0.0.1: one Redis server and
+one Celery worker per test session, loading tiny random-weight Marian
+checkpoints built by ``tests/make_tiny_model.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core import broker, cache, models, store
+from core.config import PROJECT_ROOT, reset_settings
+from tests.helpers import SERVICE_ENV_VARS, RedisServer, wait_for
+from tests.make_tiny_model import build_tiny_model
+
+TINY_PAIRS = (("en", "es"), ("es", "en"), ("en", "de"))
+WORKER_START_TIMEOUT = 90.0
+WORKER_NAME = "testworker@127.0.0.1"
+
+
+def _reset_process_state() -> None:
+    """Forget every cached setting and client so the environment is reread."""
+    reset_settings()
+    cache.reset_cache()
+    store.reset_client()
+    broker.reset_app()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MODEL_DIR holding tiny random-weight checkpoints for TINY_PAIRS."""
+    model_dir = tmp_path_factory.mktemp("models")
+    for source, target in TINY_PAIRS:
+        build_tiny_model(model_dir, source, target)
+    return model_dir
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Remove every service setting from the environment for one test."""
+    for name in SERVICE_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    _reset_process_state()
+    yield monkeypatch
+    _reset_process_state()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real Redis server process for the whole session."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def stack_env(
+    redis_server: RedisServer,
+    tiny_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, str]:
+    """Environment variables shared by the test process and its workers."""
+    worker_cache = tmp_path_factory.mktemp("worker-cache")
+    env = {name: value for name, value in os.environ.items()}
+    for name in SERVICE_ENV_VARS:
+        env.pop(name, None)
+    env.update(
+        {
+            "REDIS_URL": redis_server.url,
+            "MODEL_DIR": str(tiny_model_dir),
+            "CACHE_DIR": str(worker_cache),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TORCH_THREADS": "1",
+            "NUM_BEAMS": "2",
+            "SYNC_TIMEOUT": "60",
+            "PYTHONPATH": str(PROJECT_ROOT),
+        }
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def celery_worker(
+    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``celery -A tasks worker`` process consuming every queue."""
+    log_path = tmp_path_factory.mktemp("worker-log") / "worker.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            "1",
+            "--hostname",
+            WORKER_NAME,
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=PROJECT_ROOT,
+        env=stack_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    import redis
+
+    client = redis.Redis.from_url(stack_env["REDIS_URL"])
+    try:
+        wait_for(
+            lambda: (
+                process.poll() is not None or client.exists(f"mt:worker:{WORKER_NAME}")
+            ),
+            timeout=WORKER_START_TIMEOUT,
+            interval=0.2,
+        )
+        if process.poll() is not None:
+            raise RuntimeError(
+                "The Celery worker exited at start:\n" + log_path.read_text()
+            )
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture
+def service_env(
+    stack_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> Iterator[dict[str, str]]:
+    """Point this test process at the session's Redis, with its own disk tier."""
+    for name in SERVICE_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name in ("REDIS_URL", "MODEL_DIR", "HF_HUB_OFFLINE", "NUM_BEAMS"):
+        monkeypatch.setenv(name, stack_env[name])
+    monkeypatch.setenv("SYNC_TIMEOUT", stack_env["SYNC_TIMEOUT"])
+    monkeypatch.setenv("CACHE_DIR", str(tmp_path / "front-cache"))
+    _reset_process_state()
+    yield dict(stack_env, CACHE_DIR=str(tmp_path / "front-cache"))
+    cache.reset_cache()
+    models.unload_all()
+    _reset_process_state()
+
+
+@pytest.fixture
+def live_stack(
+    celery_worker: subprocess.Popen[bytes], service_env: dict[str, str]
+) -> dict[str, str]:
+    """A running worker plus this process configured as a front end."""
+    return service_env
