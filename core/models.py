@@ -1,0 +1,681 @@
+"""Model registry: served pairs, checkpoint lookup, fingerprints and loading.
+
+Checkpoints are Helsinki-NLP opus-mt MarianMT folders named
+``opus-mt-SRC-TGT``, found under ``MODEL_DIR`` or in the Hugging Face cache.
+Importing this module stays light: torch, transformers and huggingface_hub
+are imported inside the functions that need them, so the API and command-line
+processes can resolve pairs without loading any of them.
+
+Run ``python -m core.models --help`` to list, download, verify or remove
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.config import DEFAULT_PAIRS, Settings, get_settings
+from core.errors import ModelNotAvailable, ServiceError
+from core.languages import match_pair, normalize_code, parse_pair
+
+logger = logging.getLogger(__name__)
+
+HUB_ORGANIZATION = "Helsinki-NLP"
+CHECKPOINT_PREFIX = "opus-mt-"
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+TOKENIZER_FILES = ("source.spm", "target.spm", "vocab.json", "tokenizer_config.json")
+REQUIRED_FILES = ("config.json", "source.spm", "target.spm", "vocab.json")
+
+# Files of an opus-mt hub repository that MarianTokenizer and MarianMTModel
+# read. Many of the repositories also contain TensorFlow and Rust weights,
+# which are not downloaded.
+DOWNLOAD_PATTERNS = (
+    "config.json",
+    "generation_config.json",
+    "source.spm",
+    "target.spm",
+    "vocab.json",
+    "target_vocab.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+
+# Values that huggingface_hub reads as true in boolean environment variables.
+_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
+
+Pair = tuple[str, str]
+
+on_model_change: list[Callable[[list[str]], None]] = []
+"""Callbacks run with ``loaded_models()`` after every load and unload."""
+
+
+# Names and locations.
+
+
+def checkpoint_name(source: str, target: str) -> str:
+    """Return the folder name of a pair: ``opus-mt-en-es``, ``opus-mt-pt_BR-en``."""
+    return f"{CHECKPOINT_PREFIX}{source.replace('-', '_')}-{target.replace('-', '_')}"
+
+
+def hub_id(source: str, target: str) -> str:
+    """Return the Hugging Face repository id, ``Helsinki-NLP/opus-mt-en-es``."""
+    return f"{HUB_ORGANIZATION}/{checkpoint_name(source, target)}"
+
+
+def served_pairs(settings: Settings | None = None) -> list[Pair]:
+    """Return the sorted pairs this deployment serves.
+
+    ``LANGUAGE_PAIRS`` wins when set. Otherwise a set ``MODEL_DIR`` serves the
+    ``opus-mt-SRC-TGT`` folders in it that contain ``config.json``. Without
+    either, the pairs in ``core.config.DEFAULT_PAIRS`` are served.
+    """
+    settings = settings or get_settings()
+    if settings.language_pairs is not None:
+        names: Sequence[str] = settings.language_pairs
+    elif settings.model_dir is not None:
+        names = _discover_pair_names(settings.model_dir)
+    else:
+        names = DEFAULT_PAIRS
+    return sorted({parse_pair(name) for name in names})
+
+
+def _discover_pair_names(model_dir: Path) -> list[str]:
+    if not model_dir.is_dir():
+        logger.debug(
+            "MODEL_DIR %s is not a directory, so no pairs are served", model_dir
+        )
+        return []
+
+    names = []
+    for folder in model_dir.iterdir():
+        if not folder.name.startswith(CHECKPOINT_PREFIX):
+            continue
+        if not (folder / "config.json").is_file():
+            continue
+        name = folder.name.removeprefix(CHECKPOINT_PREFIX)
+        try:
+            parse_pair(name)
+        except ServiceError:
+            logger.debug("Skipping %s: the name is not opus-mt-SRC-TGT", folder)
+            continue
+        names.append(name)
+    return names
+
+
+def resolve_pair(source_lang: object, target_lang: object) -> Pair:
+    """Validate request codes and return the served pair that handles them.
+
+    Raises ``InvalidRequest`` naming the field for a malformed code and
+    ``UnsupportedLanguagePair`` when no served pair matches.
+    """
+    source = normalize_code(source_lang, "source_lang")
+    target = normalize_code(target_lang, "target_lang")
+    return match_pair(source, target, served_pairs())
+
+
+def local_checkpoint(
+    source: str, target: str, settings: Settings | None = None
+) -> Path | None:
+    """Return the folder of a checkpoint that is already on disk, or None.
+
+    ``MODEL_DIR/opus-mt-SRC-TGT`` is preferred. Otherwise the snapshot that
+    ``refs/main`` points to in the Hugging Face cache is used, if a previous
+    download left one there.
+    """
+    settings = settings or get_settings()
+    if settings.model_dir is not None:
+        folder = settings.model_dir / checkpoint_name(source, target)
+        if (folder / "config.json").is_file():
+            return folder
+    return _cached_snapshot(source, target)
+
+
+def _hub_cache_dir() -> Path:
+    # Same precedence as huggingface_hub 2.4 constants.py, read without
+    # importing huggingface_hub.
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        value = os.environ.get(variable)
+        if value:
+            return Path(value).expanduser()
+    hf_home = os.environ.get("HF_HOME")
+    if hf_home:
+        return Path(hf_home).expanduser() / "hub"
+    xdg_cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg_cache).expanduser() / "huggingface" / "hub"
+
+
+def _cached_snapshot(source: str, target: str) -> Path | None:
+    repo_folder = "models--" + hub_id(source, target).replace("/", "--")
+    repo_cache = _hub_cache_dir() / repo_folder
+    try:
+        revision = (repo_cache / "refs" / "main").read_text().strip()
+    except OSError:
+        return None
+    snapshot = repo_cache / "snapshots" / revision
+    if revision and (snapshot / "config.json").is_file():
+        return snapshot
+    return None
+
+
+def hub_offline() -> bool:
+    """Return True when ``HF_HUB_OFFLINE`` forbids network access to the hub."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE_VALUES
+
+
+def model_not_available(source: str, target: str) -> ModelNotAvailable:
+    """Build the error for a pair whose checkpoint is not on disk."""
+    settings = get_settings()
+    name = checkpoint_name(source, target)
+    if settings.model_dir is not None:
+        looked_in = f"No checkpoint was found at {settings.model_dir / name}"
+    else:
+        looked_in = (
+            f"MODEL_DIR is unset and {name} is not in the Hugging Face cache "
+            f"at {_hub_cache_dir()}"
+        )
+    return ModelNotAvailable(
+        f"The model for {source}-{target} is not available. {looked_in}. "
+        f"Its hub id is {hub_id(source, target)}. To fix this, set MODEL_DIR to a "
+        f"folder containing {name}/, or run 'python -m core.models download "
+        f"{source} {target}' on a machine with network access, or set "
+        "AUTO_DOWNLOAD_MODELS=true."
+    )
+
+
+# Fingerprints.
+
+_fingerprint_lock = threading.Lock()
+_fingerprints: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+
+
+def _fingerprint_files(path: Path) -> list[Path]:
+    names = {"config.json", *TOKENIZER_FILES}
+    files = [path / name for name in names if (path / name).is_file()]
+    for pattern in WEIGHT_PATTERNS:
+        files.extend(file for file in path.glob(pattern) if file.is_file())
+    return sorted(set(files), key=lambda file: file.name)
+
+
+def checkpoint_fingerprint(path: Path) -> str:
+    """Return 16 hex characters that identify a checkpoint's content.
+
+    The hash covers the bytes of ``config.json`` and the names and sizes of
+    the weight and tokenizer files, so it is cheap and needs no model load.
+    Results are memoized by path and file modification times.
+    """
+    files = _fingerprint_files(path)
+    stats = tuple(
+        (file.name, file.stat().st_mtime_ns, file.stat().st_size) for file in files
+    )
+    key = (str(path.resolve()), stats)
+    with _fingerprint_lock:
+        cached = _fingerprints.get(key)
+    if cached is not None:
+        return cached
+
+    digest = hashlib.sha256()
+    config = path / "config.json"
+    if config.is_file():
+        digest.update(config.read_bytes())
+    for name, _mtime, size in stats:
+        if name != "config.json":
+            digest.update(f"\n{name}\t{size}".encode())
+    fingerprint = digest.hexdigest()[:16]
+
+    with _fingerprint_lock:
+        _fingerprints[key] = fingerprint
+    return fingerprint
+
+
+def fingerprint_for_pair(source: str, target: str) -> str | None:
+    """Return the fingerprint of the local checkpoint of a pair, or None."""
+    path = local_checkpoint(source, target)
+    return checkpoint_fingerprint(path) if path is not None else None
+
+
+# Loading.
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint in memory, ready for generation."""
+
+    name: str
+    source: str
+    target: str
+    path: Path
+    fingerprint: str
+    model: Any
+    tokenizer: Any
+    device: str
+    precision: str
+    max_input_tokens: int
+
+
+_registry_lock = threading.Lock()
+_load_lock = threading.Lock()
+_loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+_torch_threads_set = False
+
+
+def loaded_models() -> list[str]:
+    """Return the names of the models in memory, most recently used last."""
+    with _registry_lock:
+        return list(_loaded)
+
+
+def load_model(source: str, target: str) -> LoadedModel:
+    """Return the model of a pair, loading it on first use.
+
+    At most ``MAX_LOADED_MODELS`` models stay in memory, and the least
+    recently used one is unloaded before another is loaded. Concurrent
+    requests for the same pair load it once. Raises ``ModelNotAvailable``
+    without any network access when the checkpoint is not on disk and
+    downloads are off or ``HF_HUB_OFFLINE`` is set.
+    """
+    name = checkpoint_name(source, target)
+    cached = _touch(name)
+    if cached is not None:
+        return cached
+
+    with _load_lock:
+        cached = _touch(name)
+        if cached is not None:
+            return cached
+
+        path = _checkpoint_or_download(source, target)
+        _evict_for(get_settings().max_loaded_models - 1)
+        loaded = _load_from_disk(name, source, target, path)
+        with _registry_lock:
+            _loaded[name] = loaded
+    _notify()
+    return loaded
+
+
+def unload_all() -> None:
+    """Unload every model and free its memory."""
+    with _load_lock:
+        _evict_for(0)
+
+
+def _touch(name: str) -> LoadedModel | None:
+    with _registry_lock:
+        loaded = _loaded.get(name)
+        if loaded is not None:
+            _loaded.move_to_end(name)
+        return loaded
+
+
+def _evict_for(keep: int) -> None:
+    """Unload least recently used models until at most ``keep`` remain."""
+    evicted = []
+    with _registry_lock:
+        while len(_loaded) > max(keep, 0):
+            evicted.append(_loaded.popitem(last=False)[1])
+    if not evicted:
+        return
+
+    started = time.perf_counter()
+    names = [loaded.name for loaded in evicted]
+    on_cuda = any(loaded.device == "cuda" for loaded in evicted)
+    # Other threads may still use an evicted LoadedModel, so its memory is
+    # freed only once they drop it.
+    del evicted
+    gc.collect()
+    if on_cuda:
+        import torch
+
+        torch.cuda.empty_cache()
+    logger.info(
+        "Unloaded models %s in %.2f s",
+        ", ".join(names),
+        time.perf_counter() - started,
+    )
+    _notify()
+
+
+def _notify() -> None:
+    names = loaded_models()
+    for hook in list(on_model_change):
+        try:
+            hook(names)
+        except Exception:
+            logger.exception("Model change hook %r failed", hook)
+
+
+def _checkpoint_or_download(source: str, target: str) -> Path:
+    settings = get_settings()
+    path = local_checkpoint(source, target, settings)
+    if path is not None:
+        return path
+    if not settings.auto_download_models or hub_offline():
+        raise model_not_available(source, target)
+
+    destination = None
+    if settings.model_dir is not None:
+        destination = settings.model_dir / checkpoint_name(source, target)
+    logger.info(
+        "Downloading %s because AUTO_DOWNLOAD_MODELS is on", hub_id(source, target)
+    )
+    return download_checkpoint(source, target, destination)
+
+
+def download_checkpoint(source: str, target: str, destination: Path | None) -> Path:
+    """Download the files Marian needs for a pair and return their folder.
+
+    With ``destination`` unset the files go to the Hugging Face cache.
+    Safetensors weights are preferred, and ``pytorch_model.bin`` is fetched
+    only for repositories that have no ``model.safetensors``.
+    """
+    from huggingface_hub import snapshot_download
+
+    # NOTE: the tests run without network, so this call has not been run
+    # against the real hub. Only the offline rejection is tested.
+    repo = hub_id(source, target)
+    started = time.perf_counter()
+    folder = Path(
+        snapshot_download(
+            repo,
+            local_dir=destination,
+            allow_patterns=[*DOWNLOAD_PATTERNS, "model.safetensors"],
+        )
+    )
+    if not (folder / "model.safetensors").is_file():
+        folder = Path(
+            snapshot_download(
+                repo, local_dir=destination, allow_patterns=["pytorch_model.bin"]
+            )
+        )
+    logger.info(
+        "Downloaded %s to %s in %.1f s", repo, folder, time.perf_counter() - started
+    )
+    return folder
+
+
+def _resolve_device(settings: Settings) -> tuple[str, str]:
+    import torch
+
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise ModelNotAvailable(
+            "DEVICE=cuda, but torch finds no CUDA device. Set DEVICE=cpu or "
+            "DEVICE=auto, or run on a machine with a GPU and a CUDA build of torch."
+        )
+    precision = settings.precision
+    if precision == "auto":
+        precision = "fp16" if device == "cuda" else "fp32"
+    return device, precision
+
+
+def _set_torch_threads(settings: Settings) -> None:
+    global _torch_threads_set
+    if _torch_threads_set or settings.torch_threads <= 0:
+        return
+    import torch
+
+    torch.set_num_threads(settings.torch_threads)
+    _torch_threads_set = True
+    logger.info("Set torch to %d threads", settings.torch_threads)
+
+
+def _load_tokenizer(path: Path) -> Any:
+    from transformers import MarianTokenizer
+
+    # MarianTokenizer warns on every load when sacremoses is missing, and then
+    # skips Moses punctuation normalisation. _warn_missing_sacremoses logs
+    # that once per process instead.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
+        return MarianTokenizer.from_pretrained(path)
+
+
+def _load_from_disk(name: str, source: str, target: str, path: Path) -> LoadedModel:
+    import torch
+    from transformers import MarianMTModel
+    from transformers.utils import logging as transformers_logging
+
+    # Loading progress bars would fill the worker log on every model load.
+    transformers_logging.disable_progress_bar()
+    settings = get_settings()
+    _set_torch_threads(settings)
+    device, precision = _resolve_device(settings)
+    _warn_missing_sacremoses()
+
+    started = time.perf_counter()
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    tokenizer = _load_tokenizer(path)
+    model: Any = MarianMTModel.from_pretrained(path, dtype=dtype)
+    model.to(device)
+    model.eval()
+    # Every generate call passes max_new_tokens. When the checkpoint also sets
+    # max_length (512 in opus-mt), transformers 5.25 logs a warning per call.
+    model.generation_config.max_length = None
+
+    max_input_tokens = min(
+        int(tokenizer.model_max_length), int(model.config.max_position_embeddings)
+    )
+    loaded = LoadedModel(
+        name=name,
+        source=source,
+        target=target,
+        path=path,
+        fingerprint=checkpoint_fingerprint(path),
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        precision=precision,
+        max_input_tokens=max_input_tokens,
+    )
+    logger.info(
+        "Loaded model %s (%s) from %s on %s as %s in %.2f s",
+        name,
+        loaded.fingerprint,
+        path,
+        device,
+        precision,
+        time.perf_counter() - started,
+    )
+    return loaded
+
+
+_sacremoses_checked = False
+
+
+def _warn_missing_sacremoses() -> None:
+    global _sacremoses_checked
+    if _sacremoses_checked:
+        return
+    _sacremoses_checked = True
+    if importlib.util.find_spec("sacremoses") is None:
+        logger.warning(
+            "sacremoses is not installed, so MarianTokenizer skips Moses "
+            "punctuation normalisation. Install sacremoses to match the "
+            "preprocessing the opus-mt models were trained with."
+        )
+
+
+# Command line.
+
+
+def _folder_size(path: Path) -> int:
+    # stat() follows the symbolic links of Hugging Face cache snapshots.
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
+def _format_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def _command_list(args: argparse.Namespace) -> int:
+    for source, target in served_pairs():
+        path = local_checkpoint(source, target)
+        if path is None:
+            print(f"{source}-{target}\tmissing\t-\t-")
+        else:
+            print(
+                f"{source}-{target}\tlocal\t{path}\t{_format_size(_folder_size(path))}"
+            )
+    return 0
+
+
+def _command_download(args: argparse.Namespace) -> int:
+    source = normalize_code(args.source, "source_lang")
+    target = normalize_code(args.target, "target_lang")
+    if hub_offline():
+        print(
+            "Download rejected: HF_HUB_OFFLINE is set, so the hub is not contacted. "
+            "Unset it, or copy the checkpoint folder into MODEL_DIR.",
+            file=sys.stderr,
+        )
+        return 2
+    base = args.dest or get_settings().model_dir
+    if base is None:
+        print(
+            "No destination: pass --dest DIR or set MODEL_DIR to the folder "
+            "that should contain the checkpoint.",
+            file=sys.stderr,
+        )
+        return 2
+
+    destination = Path(base) / checkpoint_name(source, target)
+    try:
+        folder = download_checkpoint(source, target, destination)
+    except Exception as error:
+        print(
+            f"Download of {hub_id(source, target)} failed: "
+            f"{type(error).__name__}: {error}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{hub_id(source, target)} -> {folder}")
+    return 0
+
+
+def _verify_checkpoint(source: str, target: str) -> bool:
+    from transformers import MarianConfig
+
+    path = local_checkpoint(source, target)
+    if path is None:
+        print(f"{source}-{target}\tFAILED\t{model_not_available(source, target)}")
+        return False
+
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    has_weights = any(any(path.glob(pattern)) for pattern in WEIGHT_PATTERNS)
+    if not has_weights:
+        missing.append("model.safetensors or pytorch_model.bin")
+    if missing:
+        print(f"{source}-{target}\tFAILED\t{path} is missing {', '.join(missing)}")
+        return False
+
+    try:
+        _load_tokenizer(path)
+        MarianConfig.from_pretrained(path)
+    except Exception as error:
+        print(f"{source}-{target}\tFAILED\t{path}: {type(error).__name__}: {error}")
+        return False
+    print(f"{source}-{target}\tok\t{path}\t{checkpoint_fingerprint(path)}")
+    return True
+
+
+def _command_verify(args: argparse.Namespace) -> int:
+    if (args.source is None) != (args.target is None):
+        print("verify takes both SRC and TGT, or neither.", file=sys.stderr)
+        return 2
+    if args.source is not None:
+        pairs = [
+            (
+                normalize_code(args.source, "source_lang"),
+                normalize_code(args.target, "target_lang"),
+            )
+        ]
+    else:
+        pairs = served_pairs()
+    results = [_verify_checkpoint(source, target) for source, target in pairs]
+    return 0 if all(results) else 1
+
+
+def _command_remove(args: argparse.Namespace) -> int:
+    source = normalize_code(args.source, "source_lang")
+    target = normalize_code(args.target, "target_lang")
+    model_dir = get_settings().model_dir
+    if model_dir is None:
+        print("MODEL_DIR is unset, so there is nothing to remove.", file=sys.stderr)
+        return 2
+
+    folder = model_dir / checkpoint_name(source, target)
+    if not (folder / "config.json").is_file():
+        print(f"No checkpoint found at {folder}.", file=sys.stderr)
+        return 1
+    shutil.rmtree(folder)
+    print(f"Removed {folder}")
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m core.models",
+        description="Manage the opus-mt checkpoints under MODEL_DIR.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    listing = commands.add_parser("list", help="show served pairs and local copies")
+    listing.set_defaults(handler=_command_list)
+
+    download = commands.add_parser("download", help="download a pair from the hub")
+    download.add_argument("source", help="source language code, such as en")
+    download.add_argument("target", help="target language code, such as es")
+    download.add_argument(
+        "--dest", type=Path, help="folder to put opus-mt-SRC-TGT in (default MODEL_DIR)"
+    )
+    download.set_defaults(handler=_command_download)
+
+    verify = commands.add_parser("verify", help="check local checkpoints load")
+    verify.add_argument("source", nargs="?", help="source language code")
+    verify.add_argument("target", nargs="?", help="target language code")
+    verify.set_defaults(handler=_command_verify)
+
+    remove = commands.add_parser("remove", help="delete a pair from MODEL_DIR")
+    remove.add_argument("source", help="source language code")
+    remove.add_argument("target", help="target language code")
+    remove.set_defaults(handler=_command_remove)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit status: 0, 1 failed, 2 usage."""
+    args = _build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ServiceError as error:
+        print(error.message, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    raise SystemExit(main())
