@@ -6,7 +6,7 @@ Values come from ``core.config`` so every process agrees on them.
 
 from __future__ import annotations
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from core.config import get_settings
 
@@ -56,10 +56,11 @@ task_publish_retry_policy = {
     "interval_max": 0.5,
 }
 
-task_queues = (
-    Queue("interactive"),
-    Queue("bulk"),
-    Queue("maintenance"),
+# Each queue has its own direct exchange and routing key; without them kombu
+# binds every queue to the default queue's exchange and key.
+task_queues = tuple(
+    Queue(name, Exchange(name, type="direct"), routing_key=name)
+    for name in ("interactive", "bulk", "maintenance")
 )
 task_default_queue = "interactive"
 task_routes = {

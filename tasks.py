@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from celery import Celery, Task, signals
 
 from core import cache as cache_module
 from core import jobs, models, store, workers
+from core.broker import BROKER_ERRORS
 from core.cache import KeyContext, get_cache
 from core.config import get_settings
 from core.dispatch import needs_model, passthrough_item
@@ -27,8 +29,10 @@ logger = logging.getLogger(__name__)
 app = Celery("tasks")
 app.config_from_object("celery_config")
 
+FINGERPRINT_REPUBLISH_SECONDS = 60.0
+
 _heartbeat: workers.Heartbeat | None = None
-_published: set[tuple[str, str, str]] = set()
+_published: dict[tuple[str, str, str], float] = {}
 
 
 def _model_context(source_lang: str, target_lang: str) -> tuple[KeyContext, str]:
@@ -42,10 +46,14 @@ def _model_context(source_lang: str, target_lang: str) -> tuple[KeyContext, str]
     if fingerprint is None:
         loaded = models.load_model(source_lang, target_lang)
         fingerprint, name = loaded.fingerprint, loaded.name
+    # Republished now and then, so front ends relearn it after Redis lost data.
     marker = (source_lang, target_lang, fingerprint)
-    if marker not in _published:
+    now = time.monotonic()
+    if now - _published.get(marker, -FINGERPRINT_REPUBLISH_SECONDS) >= (
+        FINGERPRINT_REPUBLISH_SECONDS
+    ):
         workers.publish_fingerprint(source_lang, target_lang, fingerprint)
-        _published.add(marker)
+        _published[marker] = now
     return KeyContext.build(source_lang, target_lang, fingerprint), name
 
 
@@ -112,9 +120,13 @@ def translate_items(
 
 
 def _report_progress(task: Task | None, current: int, total: int) -> None:
-    if task is None or task.request.called_directly or not task.request.id:
+    """Publish ``{current, total}``; a failed update never fails the task."""
+    if task is None or task.request.called_directly or task.request.is_eager:
         return
-    task.update_state(state="PROGRESS", meta={"current": current, "total": total})
+    try:
+        task.update_state(state="PROGRESS", meta={"current": current, "total": total})
+    except BROKER_ERRORS as error:
+        logger.warning("Task %s: progress update failed: %s", task.request.id, error)
 
 
 @app.task(name="tasks.translate_text", bind=True)

@@ -7,6 +7,7 @@ checkpoints built by ``tests/make_tiny_model.py``.
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -31,6 +32,8 @@ def _reset_process_state() -> None:
     cache.reset_cache()
     store.reset_client()
     broker.reset_app()
+    if "celery_config" in sys.modules:
+        importlib.reload(sys.modules["celery_config"])
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +52,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
         monkeypatch.delenv(name, raising=False)
     _reset_process_state()
     yield monkeypatch
+    monkeypatch.undo()
     _reset_process_state()
 
 

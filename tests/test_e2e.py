@@ -1,0 +1,231 @@
+"""End to end: the stack started by the service scripts, used as a client would.
+
+One stack per module: ``./start_services.sh`` on free ports with its own Redis,
+tiny Marian checkpoints and temporary folders; the API over HTTP; the CSV CLI
+as a subprocess; then ``./stop_services.sh`` and a check that no process of
+the stack is left.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.config import PROJECT_ROOT
+from tests.helpers import SERVICE_ENV_VARS, free_port, pids_alive, process_tree
+
+pytestmark = pytest.mark.e2e
+
+START_TIMEOUT = 300
+CSV_FILE = PROJECT_ROOT / "tests" / "data" / "products_en_bom.csv"
+
+
+def http_json(
+    method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 90
+) -> tuple[int, dict[str, Any]]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def stack_pids(run_dir: Path) -> list[int]:
+    """Every process of the stack: the recorded pids and their descendants."""
+    pids: list[int] = []
+    for pid_file in run_dir.glob("*.pid"):
+        text = pid_file.read_text().strip()
+        if text.isdigit():
+            pids.append(int(text))
+            pids.extend(process_tree(int(text)))
+    return sorted(set(pids))
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    base = tmp_path_factory.mktemp("stack")
+    env = {name: value for name, value in os.environ.items()}
+    for name in SERVICE_ENV_VARS:
+        env.pop(name, None)
+    port = free_port()
+    env.update(
+        {
+            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "PORT": str(port),
+            "FLOWER_PORT": str(free_port()),
+            "STREAMLIT_PORT": str(free_port()),
+            "HOST": "127.0.0.1",
+            "MODEL_DIR": str(tiny_model_dir),
+            "CACHE_DIR": str(base / "cache"),
+            "RUN_DIR": str(base / "run"),
+            "LOG_DIR": str(base / "log"),
+            "REDIS_DATA_DIR": str(base / "redis"),
+            "VENV_DIR": sys.prefix,
+            "HF_HUB_OFFLINE": "1",
+            "TORCH_THREADS": "1",
+            "NUM_BEAMS": "2",
+            "START_TIMEOUT": "240",
+        }
+    )
+    started = subprocess.run(
+        ["./start_services.sh"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+    )
+    run_dir = base / "run"
+    info = {
+        "env": env,
+        "api": f"http://127.0.0.1:{port}",
+        "run_dir": run_dir,
+        "start": started,
+    }
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield info
+    finally:
+        pids = stack_pids(run_dir)
+        stopped = subprocess.run(
+            ["./stop_services.sh"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        info["stop"] = stopped
+        info["pids_before_stop"] = pids
+
+
+def test_start_prints_urls_and_logs(stack: dict[str, Any]) -> None:
+    output = stack["start"].stdout
+    assert stack["api"] in output
+    assert str(stack["env"]["LOG_DIR"]) in output
+
+
+def test_health_ok(stack: dict[str, Any]) -> None:
+    status, body = http_json("GET", f"{stack['api']}/health")
+    assert status == 200
+    assert body["status"] == "ok"
+    assert body["workers"] == 1
+
+
+def test_translate_then_cached(stack: dict[str, Any]) -> None:
+    request = {
+        "text": "The weather is nice today.",
+        "source_lang": "en",
+        "target_lang": "es",
+    }
+    status, first = http_json("POST", f"{stack['api']}/api/translate", request)
+    assert status == 200, first
+    assert first["success"] is True
+    assert first["translation"]
+    assert first["cached"] is False
+    status, second = http_json("POST", f"{stack['api']}/api/translate", request)
+    assert status == 200
+    assert second["cached"] is True
+    assert second["translation"] == first["translation"]
+
+
+def test_bad_request_is_json(stack: dict[str, Any]) -> None:
+    status, body = http_json(
+        "POST", f"{stack['api']}/api/translate", {"text": "x", "source_lang": "en"}
+    )
+    assert status == 400
+    assert body == {
+        "success": False,
+        "error": "Field 'target_lang' is required.",
+        "code": "invalid_request",
+    }
+
+
+def read_rows(path: Path, encoding: str) -> list[dict[str, str]]:
+    with path.open(encoding=encoding, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_csv_cli_translates_every_row(stack: dict[str, Any], tmp_path: Path) -> None:
+    output = tmp_path / "out.csv"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "app_batch_celery.py",
+            str(CSV_FILE),
+            str(output),
+            "--text-column",
+            "text",
+            "--source-lang",
+            "en",
+            "--target-lang",
+            "es",
+        ],
+        cwd=PROJECT_ROOT,
+        env=stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "220/220" in result.stderr
+    assert "row/s" in result.stderr
+
+    source_rows = read_rows(CSV_FILE, "utf-8-sig")
+    output_rows = read_rows(output, "utf-8-sig")
+    assert len(source_rows) >= 200
+    assert len(output_rows) == len(source_rows)
+    for source, translated in zip(source_rows, output_rows, strict=True):
+        for column, value in source.items():
+            assert translated[column] == value
+        if source["text"].strip():
+            assert translated["text_es"].strip()
+        else:
+            assert translated["text_es"] == source["text"]
+
+
+def test_stop_leaves_no_process(stack: dict[str, Any]) -> None:
+    """Runs last in this module: stop the stack and look for survivors."""
+    pids = stack_pids(stack["run_dir"])
+    assert len(pids) >= 4
+    stopped = subprocess.run(
+        ["./stop_services.sh"],
+        cwd=PROJECT_ROOT,
+        env=stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    deadline = time.monotonic() + 10
+    while pids_alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pids_alive(pids) == []
+    assert list(stack["run_dir"].glob("*.pid")) == []
+
+    again = subprocess.run(
+        ["./stop_services.sh"],
+        cwd=PROJECT_ROOT,
+        env=stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 0
