@@ -125,6 +125,7 @@ class Submission:
 
     def _send(self, texts: list[str]) -> str:
         self.task_count += 1
+        args: list[Any]
         if self.queue == QUEUE_INTERACTIVE and len(texts) == 1:
             name, args = TASK_TEXT, [texts[0], self.source_lang, self.target_lang]
         else:

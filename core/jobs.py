@@ -188,7 +188,9 @@ def is_cancelled(job_id: str | None) -> bool:
         raw = redis_client().get(f"{JOB_PREFIX}{job_id}")
     except redis.RedisError:
         return False
-    return bool(raw) and bool(json.loads(raw).get("cancelled"))
+    if raw is None:
+        return False
+    return bool(json.loads(raw).get("cancelled"))
 
 
 def _chunks(job_id: str) -> list[dict[str, Any]]:
@@ -227,7 +229,8 @@ def _task_metas(task_ids: list[str]) -> dict[str, dict[str, Any]]:
 def _failure_message(meta: dict[str, Any]) -> str:
     result = meta.get("result")
     if isinstance(result, dict):
-        return str(result.get("exc_message") or result.get("exc_type") or result)
+        message = result.get("exc_message") or result.get("exc_type") or result
+        return _flatten_message(message)
     return str(result)
 
 
@@ -259,7 +262,7 @@ def job_status(job_id: str, include_result: bool = True) -> dict[str, Any]:
             current += chunk["count"] - chunk["hits"]
             started = True
         elif status == states.FAILURE:
-            failures.append((index, chunk, _flatten_message(_failure_message(meta))))
+            failures.append((index, chunk, _failure_message(meta)))
             started = True
         elif status == "PROGRESS":
             current += int((meta.get("result") or {}).get("current", 0))

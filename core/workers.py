@@ -129,7 +129,9 @@ def published_fingerprint(source: str, target: str) -> str | None:
         raw = redis_client().get(f"{FINGERPRINT_PREFIX}{source}-{target}")
     except redis.RedisError:
         return None
-    return raw.decode() if raw else None
+    if raw is None:
+        return None
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def default_hostname() -> str:

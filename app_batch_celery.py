@@ -1,0 +1,843 @@
+"""Command-line tool that translates one column of a CSV file with the workers.
+
+Translate a file and wait for the result::
+
+    python app_batch_celery.py input.csv output.csv --text-column text \\
+        --source-lang en --target-lang es
+
+Queue it and come back later::
+
+    python app_batch_celery.py input.csv output.csv ... --async
+    python app_batch_celery.py --status JOB_ID
+    python app_batch_celery.py --collect JOB_ID output.csv
+
+The input is streamed, never held in memory. A check pass validates the
+column, the encoding and the cell lengths and counts the rows before anything
+is submitted. A submit pass sends the rows in chunks to the ``bulk`` queue,
+and a write pass pairs each row with its translation as the workers return
+them. Texts already in the shared cache are not sent to a worker, so a rerun
+after a crash only translates the rows that were not done.
+
+This module never imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from tqdm import tqdm
+
+from core import csvio
+from core.broker import require_workers
+from core.config import ConfigError, get_settings
+from core.csvio import CsvFormat, CsvFormatError
+from core.dispatch import QUEUE_BULK, Submission, needs_model
+from core.errors import (
+    BackendUnavailable,
+    DeadlineExceeded,
+    InputTooLarge,
+    InvalidRequest,
+    JobExpired,
+    JobNotFound,
+    ServiceError,
+    UnsupportedLanguagePair,
+)
+from core.jobs import (
+    STATUS_CANCELLED,
+    STATUS_DONE,
+    STATUS_FAILED,
+    cancel_job,
+    iter_items,
+    job_status,
+    load_job,
+)
+from core.logs import LOG_FORMAT
+from core.models import resolve_pair
+
+logger = logging.getLogger(__name__)
+
+JOB_KIND = "csv"
+PROGRAM = "app_batch_celery.py"
+
+EXIT_OK = 0
+EXIT_JOB_FAILED = 1
+EXIT_USAGE = 2
+EXIT_BACKEND_UNAVAILABLE = 3
+EXIT_NOT_FINISHED = 4
+EXIT_INTERRUPTED = 130
+
+USAGE_ERRORS = (
+    InvalidRequest,
+    UnsupportedLanguagePair,
+    InputTooLarge,
+    JobNotFound,
+    JobExpired,
+)
+
+# Keys of the job metadata that --collect needs to write the output again.
+META_KEYS = (
+    "input_path",
+    "input_size",
+    "input_mtime_ns",
+    "encoding",
+    "delimiter",
+    "had_bom",
+    "line_terminator",
+    "text_column",
+    "output_column",
+    "rows",
+)
+
+
+class CliError(Exception):
+    """An error reported as one line on stderr with its exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+@dataclass
+class CsvJob:
+    """An input file checked for translation, and how to read it."""
+
+    input_path: Path
+    input_size: int
+    input_mtime_ns: int
+    csv_format: CsvFormat
+    text_column: str
+    output_column: str
+    rows: int = 0
+
+    def to_meta(self) -> dict[str, Any]:
+        """Return the job metadata that lets --collect read the file again."""
+        return {
+            "input_path": str(self.input_path),
+            "input_size": self.input_size,
+            "input_mtime_ns": self.input_mtime_ns,
+            **self.csv_format.to_dict(),
+            "text_column": self.text_column,
+            "output_column": self.output_column,
+            "rows": self.rows,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> CsvJob:
+        """Rebuild a job from the metadata ``to_meta`` stored."""
+        return cls(
+            input_path=Path(meta["input_path"]),
+            input_size=int(meta["input_size"]),
+            input_mtime_ns=int(meta["input_mtime_ns"]),
+            csv_format=CsvFormat.from_dict(meta),
+            text_column=str(meta["text_column"]),
+            output_column=str(meta["output_column"]),
+            rows=int(meta["rows"]),
+        )
+
+
+@dataclass
+class WriteSummary:
+    """Counts of the rows written to an output file."""
+
+    rows: int = 0
+    translated: int = 0
+    cache_hits: int = 0
+    empty: int = 0
+    extra_fields_rows: int = 0
+    short_rows: int = 0
+
+    def count(self, text: str, item: dict[str, Any]) -> None:
+        """Count one row by how its translation was obtained."""
+        self.rows += 1
+        if not needs_model(text):
+            self.empty += 1
+        elif item.get("cached"):
+            self.cache_hits += 1
+        else:
+            self.translated += 1
+
+
+# Command line.
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 1")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number > 0")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of the command-line options."""
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description=(
+            "Translate one column of a CSV file with the translation workers. "
+            "The output keeps every column and the row order, and adds a "
+            "column with the translation."
+        ),
+        epilog=(
+            "Exit status: 0 success, 1 the job failed or was cancelled, "
+            "2 invalid usage or input, 3 Redis or the workers are unavailable, "
+            "4 the job has not finished yet, 130 interrupted."
+        ),
+    )
+    parser.add_argument("input", nargs="?", help="CSV file to translate.")
+    parser.add_argument(
+        "output",
+        nargs="?",
+        help="CSV file to write. It is replaced only once it is complete.",
+    )
+    _add_translation_options(parser)
+    _add_csv_options(parser)
+    _add_job_options(parser)
+    _add_display_options(parser)
+    return parser
+
+
+def _add_translation_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("translation")
+    group.add_argument(
+        "--text-column",
+        metavar="COLUMN",
+        default="text",
+        help="Name of the column that holds the text to translate (default: text).",
+    )
+    group.add_argument(
+        "--source-lang", metavar="CODE", help="Language code of the text, e.g. en."
+    )
+    group.add_argument(
+        "--target-lang", metavar="CODE", help="Language code to translate into."
+    )
+    group.add_argument(
+        "--output-column",
+        metavar="COLUMN",
+        help="Name of the new column (default: COLUMN_CODE, the text column and "
+        "the target language joined by '_', e.g. text_es).",
+    )
+    group.add_argument(
+        "--chunk-size",
+        metavar="ROWS",
+        type=_positive_int,
+        help="Rows per worker task (default: the CHUNK_SIZE setting).",
+    )
+    group.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_positive_float,
+        help="Seconds to wait for the translations before giving up. The job "
+        "keeps running, and --collect writes it later (default: no limit).",
+    )
+
+
+def _add_csv_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("CSV format")
+    group.add_argument(
+        "--encoding",
+        metavar="CODEC",
+        help="Encoding of the input, e.g. utf-8 or cp1252 (default: detected).",
+    )
+    group.add_argument(
+        "--delimiter",
+        metavar="CHAR",
+        help="Field delimiter of the input: one character, or tab, comma, "
+        "semicolon, pipe (default: detected among , ; tab |).",
+    )
+
+
+def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("jobs")
+    group.add_argument(
+        "--async",
+        dest="run_async",
+        action="store_true",
+        help="Queue the job, print its id and exit without waiting.",
+    )
+    group.add_argument(
+        "--status",
+        metavar="JOB_ID",
+        help="Print the status and progress of a job, then exit.",
+    )
+    group.add_argument(
+        "--collect",
+        nargs=2,
+        metavar=("JOB_ID", "OUTPUT"),
+        help="Write the output of a finished job to OUTPUT.",
+    )
+
+
+def _add_display_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("display")
+    group.add_argument(
+        "--json",
+        action="store_true",
+        help="Print results as one JSON object instead of text.",
+    )
+    group.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="Hide the progress bar on stderr.",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="Log INFO messages to stderr (default: warnings only).",
+    )
+
+
+def _check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with a usage error when options of different modes are mixed."""
+    if args.status and args.collect:
+        parser.error("Use either --status or --collect, not both.")
+    if args.status or args.collect:
+        option = "--status" if args.status else "--collect"
+        if args.input or args.output:
+            parser.error(f"{option} takes no input file. Remove {args.input!r}.")
+        if args.run_async:
+            parser.error(f"{option} cannot be combined with --async.")
+        return
+
+    missing = [
+        name
+        for name, value in (
+            ("input", args.input),
+            ("output", args.output),
+            ("--source-lang", args.source_lang),
+            ("--target-lang", args.target_lang),
+        )
+        if not value
+    ]
+    if missing:
+        parser.error(f"Missing {', '.join(missing)}. Run with --help for usage.")
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format=LOG_FORMAT,
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_mode(parser, args)
+    _configure_logging(args.verbose)
+
+    try:
+        if args.status:
+            return run_status(args)
+        if args.collect:
+            return run_collect(args)
+        return run_translate(args)
+    except CliError as error:
+        return _fail(error.message, error.exit_code)
+    except CsvFormatError as error:
+        return _fail(error.message, EXIT_USAGE)
+    except ConfigError as error:
+        return _fail(f"Invalid setting: {error}", EXIT_USAGE)
+    except ServiceError as error:
+        return _fail(error.message, _exit_code_for(error))
+    except OSError as error:
+        return _fail(
+            f"Cannot access {error.filename!r}: {error.strerror}. Check the path, "
+            "its permissions and the free disk space.",
+            EXIT_USAGE,
+        )
+    except KeyboardInterrupt:
+        return _fail("Interrupted.", EXIT_INTERRUPTED)
+
+
+def _exit_code_for(error: ServiceError) -> int:
+    if isinstance(error, BackendUnavailable):
+        return EXIT_BACKEND_UNAVAILABLE
+    if isinstance(error, USAGE_ERRORS):
+        return EXIT_USAGE
+    if isinstance(error, DeadlineExceeded):
+        return EXIT_NOT_FINISHED
+    return EXIT_JOB_FAILED
+
+
+def _fail(message: str, exit_code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return exit_code
+
+
+# Checking the input.
+
+
+def _input_path(value: str) -> Path:
+    path = Path(value).expanduser().resolve()
+    if not path.exists():
+        raise CliError(f"Input file {value!r} does not exist. Check the path.")
+    if not path.is_file():
+        raise CliError(f"Input {value!r} is not a file. Give the path of a CSV file.")
+    if not os.access(path, os.R_OK):
+        raise CliError(f"Input file {value!r} is not readable. Check its permissions.")
+    return path
+
+
+def _output_path(value: str, input_path: Path | None = None) -> Path:
+    path = Path(value).expanduser().resolve()
+    if input_path is not None and path == input_path:
+        raise CliError(
+            f"The output {value!r} is the input file. Choose another output path."
+        )
+    if path.is_dir():
+        raise CliError(f"The output {value!r} is a folder. Give a file path.")
+    if not path.parent.is_dir():
+        raise CliError(
+            f"The folder of the output {value!r} does not exist. Create "
+            f"{str(path.parent)!r} or choose another output path."
+        )
+    if not os.access(path.parent, os.W_OK):
+        raise CliError(
+            f"Cannot create files in {str(path.parent)!r}, the folder of the "
+            f"output {value!r}. Choose a writable folder."
+        )
+    return path
+
+
+def _column_index(header: list[str], column: str, job: CsvJob) -> int:
+    if column in header:
+        return header.index(column)
+
+    listing = ", ".join(repr(name) for name in header) or "none"
+    message = (
+        f"Column {column!r} not found in {str(job.input_path)!r}. "
+        f"Columns: {listing}. Pass one of them with --text-column."
+    )
+    if len(header) == 1:
+        delimiter = job.csv_format.delimiter
+        message += (
+            f" The header was split on {delimiter!r}. Pass --delimiter if the "
+            "file uses another delimiter."
+        )
+    raise CliError(message)
+
+
+def _file_stat(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def prepare_job(
+    input_path: Path,
+    csv_format: CsvFormat,
+    text_column: str,
+    output_column: str | None,
+    target_lang: str,
+) -> CsvJob:
+    """Check the header and every text cell, and count the rows.
+
+    Raises ``CliError`` for a missing column, an output column that already
+    exists or a cell over ``MAX_TEXT_CHARS``, and ``CsvFormatError`` for a
+    file that cannot be decoded or parsed.
+    """
+    size, mtime_ns = _file_stat(input_path)
+    job = CsvJob(
+        input_path=input_path,
+        input_size=size,
+        input_mtime_ns=mtime_ns,
+        csv_format=csv_format,
+        text_column=text_column,
+        output_column=output_column or f"{text_column}_{target_lang}",
+    )
+    max_chars = get_settings().max_text_chars
+
+    with csvio.open_rows(input_path, csv_format) as (header, rows):
+        index = _column_index(header, text_column, job)
+        if job.output_column in header:
+            raise CliError(
+                f"Column {job.output_column!r} already exists in "
+                f"{str(input_path)!r}. Choose another name with --output-column."
+            )
+        for row in rows:
+            job.rows += 1
+            text = _cell(row, index)
+            if len(text) > max_chars:
+                raise CliError(
+                    f"Row {job.rows} of {str(input_path)!r} has {len(text)} "
+                    f"characters in column {text_column!r}, over the limit of "
+                    f"{max_chars} (MAX_TEXT_CHARS). Split or shorten the cell."
+                )
+    return job
+
+
+def _cell(row: list[str], index: int) -> str:
+    """Return a row's cell, or "" for a short row that lacks the column."""
+    return row[index] if index < len(row) else ""
+
+
+def _check_unchanged(job: CsvJob) -> None:
+    try:
+        current = _file_stat(job.input_path)
+    except OSError as error:
+        raise CliError(
+            f"Cannot read the input {str(job.input_path)!r} ({error.strerror}). "
+            "Restore the file, or submit the translation again."
+        ) from None
+    if current != (job.input_size, job.input_mtime_ns):
+        raise CliError(
+            f"The input {str(job.input_path)!r} changed since the job was "
+            "submitted (its size or modification time differs). Restore the "
+            "original file, or submit the translation again."
+        )
+
+
+# Submitting.
+
+
+def _chunks(job: CsvJob, chunk_size: int) -> Iterator[list[str]]:
+    """Yield the texts of the rows, ``chunk_size`` at a time."""
+    with csvio.open_rows(job.input_path, job.csv_format) as (header, rows):
+        index = header.index(job.text_column)
+        texts = (_cell(row, index) for row in rows)
+        while chunk := list(itertools.islice(texts, chunk_size)):
+            yield chunk
+
+
+def submit_rows(
+    job: CsvJob, source_lang: str, target_lang: str, chunk_size: int, progress: bool
+) -> str:
+    """Send the rows of ``job`` as a ``csv`` job on the bulk queue, return its id."""
+    submission = Submission(
+        JOB_KIND,
+        source_lang,
+        target_lang,
+        queue=QUEUE_BULK,
+        total=job.rows,
+        **job.to_meta(),
+    )
+    try:
+        with _progress_bar(job.rows, "Submitting", progress) as bar:
+            for texts in _chunks(job, chunk_size):
+                submission.add(texts)
+                bar.update(len(texts))
+        if submission.total != job.rows:
+            raise CliError(
+                f"The input {str(job.input_path)!r} changed while it was being "
+                f"submitted ({job.rows} rows at the check, {submission.total} "
+                "now). Run the translation again."
+            )
+        _check_unchanged(job)
+        return submission.finish()
+    except BaseException:
+        _cancel_quietly(submission.job_id)
+        raise
+
+
+def _cancel_quietly(job_id: str) -> None:
+    """Cancel a partly submitted job, logging a failure instead of raising it."""
+    try:
+        cancel_job(job_id)
+    except ServiceError as error:
+        logger.warning("Cancelling job %s failed: %s", job_id, error.message)
+
+
+# Writing.
+
+
+def _progress_bar(total: int, description: str, enabled: bool) -> tqdm[Any]:
+    return tqdm(
+        total=total,
+        desc=description,
+        unit="row",
+        file=sys.stderr,
+        disable=not enabled,
+        dynamic_ncols=True,
+    )
+
+
+def output_row(row: list[str], width: int, translation: str) -> list[str]:
+    """Return an input row with its translation after the last named column.
+
+    A short row is padded with empty cells to the header width. Cells beyond
+    the header width follow the translation. A blank line stays blank.
+    """
+    if not row:
+        return []
+    padding = [""] * (width - len(row))
+    return [*row[:width], *padding, translation, *row[width:]]
+
+
+def write_output(
+    job: CsvJob,
+    job_id: str,
+    output_path: Path,
+    progress: bool,
+    deadline: float | None = None,
+) -> WriteSummary:
+    """Write the input rows plus their translations to ``output_path``.
+
+    Rows are read again and paired in order with the items of the job as its
+    tasks finish. ``deadline`` is a ``time.monotonic()`` value bounding the
+    wait, None to wait as long as it takes.
+    """
+    summary = WriteSummary()
+    with (
+        csvio.open_rows(job.input_path, job.csv_format) as (header, rows),
+        csvio.atomic_writer(output_path, job.csv_format) as writer,
+        _progress_bar(job.rows, "Translating", progress) as bar,
+    ):
+        width = len(header)
+        index = _column_index(header, job.text_column, job)
+        writer.writerow([*header, job.output_column])
+        items = iter_items(job_id, deadline=deadline)
+        for row in rows:
+            item = next(items, None)
+            if item is None:
+                raise _rows_mismatch(job, job_id)
+            summary.count(_cell(row, index), item)
+            if len(row) > width:
+                summary.extra_fields_rows += 1
+            elif row and len(row) < width:
+                summary.short_rows += 1
+            writer.writerow(output_row(row, width, item["translation"]))
+            bar.update(1)
+        if next(items, None) is not None:
+            raise _rows_mismatch(job, job_id)
+        _check_unchanged(job)
+    _log_irregular_rows(summary, job)
+    return summary
+
+
+def _rows_mismatch(job: CsvJob, job_id: str) -> CliError:
+    return CliError(
+        f"The input {str(job.input_path)!r} no longer has the {job.rows} rows "
+        f"that job {job_id} translated. Restore the original file, or submit "
+        "the translation again."
+    )
+
+
+def _log_irregular_rows(summary: WriteSummary, job: CsvJob) -> None:
+    if summary.short_rows:
+        logger.warning(
+            "%d rows of %s had fewer cells than the header and were padded",
+            summary.short_rows,
+            job.input_path,
+        )
+    if summary.extra_fields_rows:
+        logger.warning(
+            "%d rows of %s had more cells than the header, so the extra cells "
+            "follow the translation column",
+            summary.extra_fields_rows,
+            job.input_path,
+        )
+
+
+def _print_written(
+    summary: WriteSummary, job_id: str, output_path: Path, as_json: bool
+) -> None:
+    if as_json:
+        report = {
+            "task_id": job_id,
+            "status": STATUS_DONE,
+            "output": str(output_path),
+            "rows": summary.rows,
+            "translated": summary.translated,
+            "cache_hits": summary.cache_hits,
+            "empty": summary.empty,
+        }
+        print(json.dumps(report))
+        return
+    print(
+        f"Wrote {summary.rows} rows to {output_path} (job {job_id}: "
+        f"{summary.translated} translated, {summary.cache_hits} cache hits, "
+        f"{summary.empty} empty)."
+    )
+
+
+# Modes.
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _collect_hint(job_id: str, output: str) -> str:
+    return f"python {PROGRAM} --collect {job_id} {output}"
+
+
+def run_translate(args: argparse.Namespace) -> int:
+    """Check the input, submit it and, unless --async, write the output."""
+    source_lang, target_lang = resolve_pair(args.source_lang, args.target_lang)
+    input_path = _input_path(args.input)
+    output_path = _output_path(args.output, input_path)
+    csv_format = csvio.detect_format(input_path, args.encoding, args.delimiter)
+    job = prepare_job(
+        input_path, csv_format, args.text_column, args.output_column, target_lang
+    )
+    logger.info(
+        "Read %s as %s, delimiter %r: %d rows",
+        input_path,
+        csv_format.encoding,
+        csv_format.delimiter,
+        job.rows,
+    )
+
+    require_workers()
+    chunk_size = args.chunk_size or get_settings().chunk_size
+    progress = not args.no_progress
+    try:
+        job_id = submit_rows(job, source_lang, target_lang, chunk_size, progress)
+    except KeyboardInterrupt:
+        return _fail(
+            "Interrupted. The partly submitted job was cancelled.", EXIT_INTERRUPTED
+        )
+
+    if args.run_async:
+        _print_queued(job_id, job, args)
+        return EXIT_OK
+
+    try:
+        summary = write_output(
+            job, job_id, output_path, progress, _deadline(args.timeout)
+        )
+    except KeyboardInterrupt:
+        return _fail(
+            f"Interrupted. Job {job_id} keeps running on the workers. Write its "
+            f"output later with: {_collect_hint(job_id, args.output)}",
+            EXIT_INTERRUPTED,
+        )
+    except DeadlineExceeded:
+        return _fail(
+            f"Job {job_id} did not finish within --timeout {args.timeout:g} s. "
+            f"It keeps running. Write its output later with: "
+            f"{_collect_hint(job_id, args.output)}",
+            EXIT_NOT_FINISHED,
+        )
+    except BackendUnavailable as error:
+        return _fail(
+            f"{error.message} Job {job_id} stays queued. Once the backend is "
+            f"back, write its output with: {_collect_hint(job_id, args.output)}",
+            EXIT_BACKEND_UNAVAILABLE,
+        )
+    except ServiceError as error:
+        return _fail(f"Job {job_id} failed: {error.message}", _exit_code_for(error))
+    _print_written(summary, job_id, output_path, args.json)
+    return EXIT_OK
+
+
+def _print_queued(job_id: str, job: CsvJob, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps({"task_id": job_id, "status": "queued", "rows": job.rows}))
+        return
+    print(job_id)
+    print(
+        f"Queued {job.rows} rows as job {job_id}. Check it with: python "
+        f"{PROGRAM} --status {job_id}, then write the output with: "
+        f"{_collect_hint(job_id, args.output)}",
+        file=sys.stderr,
+    )
+
+
+def _percent(current: int, total: int) -> str:
+    return f"{100 * current // total}%" if total else "100%"
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Print the status of a job. Return 1 when it failed or was cancelled."""
+    job_id = args.status
+    record = load_job(job_id)
+    report = job_status(job_id, include_result=False)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_status(report, record)
+    if report["status"] in (STATUS_FAILED, STATUS_CANCELLED):
+        return EXIT_JOB_FAILED
+    return EXIT_OK
+
+
+def _print_status(report: dict[str, Any], record: dict[str, Any]) -> None:
+    progress = report["progress"]
+    current, total = progress["current"], progress["total"]
+    print(f"Job {report['task_id']}: {report['status']}")
+    print(f"Progress: {current}/{total} rows ({_percent(current, total)})")
+    meta = record.get("meta") or {}
+    if "input_path" in meta:
+        print(
+            f"Input: {meta['input_path']}, column {meta['text_column']!r} "
+            f"-> {meta['output_column']!r} "
+            f"({report['source_lang']}-{report['target_lang']})"
+        )
+    print(f"Created: {report['created_at']}, expires: {report['expires_at']}")
+    if report.get("error"):
+        print(f"Error: {report['error']} ({len(report['errors'])} rows failed)")
+
+
+def _csv_job_from_record(job_id: str, record: dict[str, Any]) -> CsvJob:
+    meta = record.get("meta") or {}
+    if record.get("kind") != JOB_KIND or not all(key in meta for key in META_KEYS):
+        raise CliError(
+            f"Job {job_id} is a {record.get('kind')!r} job, not a CSV file "
+            f"submitted by {PROGRAM}, so --collect cannot write it. Read its "
+            f"result with GET /api/task/{job_id}."
+        )
+    return CsvJob.from_meta(meta)
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    """Write the output of a finished job, or report how far it is."""
+    job_id, output = args.collect
+    output_path = _output_path(output)
+    record = load_job(job_id)
+    job = _csv_job_from_record(job_id, record)
+    if output_path == job.input_path:
+        raise CliError(
+            f"The output {output!r} is the input file. Choose another output path."
+        )
+
+    report = job_status(job_id, include_result=False)
+    status = report["status"]
+    if status in (STATUS_FAILED, STATUS_CANCELLED):
+        reason = f": {report['error']}" if report.get("error") else "."
+        raise CliError(f"Job {job_id} {status}{reason}", EXIT_JOB_FAILED)
+    if status != STATUS_DONE:
+        progress = report["progress"]
+        current, total = progress["current"], progress["total"]
+        raise CliError(
+            f"Job {job_id} is {status}: {current}/{total} rows done "
+            f"({_percent(current, total)}). Run --collect again when it is done.",
+            EXIT_NOT_FINISHED,
+        )
+
+    _check_unchanged(job)
+    deadline = _deadline(args.timeout or get_settings().sync_timeout)
+    summary = write_output(job, job_id, output_path, not args.no_progress, deadline)
+    _print_written(summary, job_id, output_path, args.json)
+    return EXIT_OK
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Turn SIGTERM into SystemExit so the temporary output file is deleted."""
+    raise SystemExit(128 + signum)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    sys.exit(main())

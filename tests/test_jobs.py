@@ -1,0 +1,166 @@
+"""Tests of job records and status reports, against a real Redis server.
+
+Task states are written into the Celery result backend directly, the way a
+worker writes them, so each status transition can be checked on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from core import jobs
+from core.errors import JobExpired, JobNotFound, TranslationFailed
+from tests.conftest import _reset_process_state
+from tests.helpers import RedisServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def job_redis(
+    redis_server: RedisServer, clean_env: pytest.MonkeyPatch
+) -> Iterator[redis.Redis]:
+    clean_env.setenv("REDIS_URL", redis_server.url)
+    clean_env.setenv("JOB_TTL", "600")
+    _reset_process_state()
+    yield redis.Redis.from_url(redis_server.url)
+
+
+def set_task_state(
+    client: redis.Redis, task_id: str, status: str, result: object
+) -> None:
+    meta = {"status": status, "result": result, "task_id": task_id, "traceback": None}
+    client.set(f"celery-task-meta-{task_id}", json.dumps(meta))
+
+
+def make_job(chunks: list[jobs.Chunk], total: int) -> str:
+    job_id = jobs.new_job_id()
+    jobs.create_job(job_id, "batch", "en", "es", total=total)
+    for index, chunk in enumerate(chunks):
+        jobs.add_chunk(job_id, index, chunk)
+    jobs.finish_submission(job_id, total)
+    return job_id
+
+
+def item(text: str, cached: bool = False) -> dict[str, object]:
+    return {"translation": text, "model": "opus-mt-en-es", "cached": cached}
+
+
+def test_unknown_job_is_not_found(job_redis: redis.Redis) -> None:
+    with pytest.raises(JobNotFound, match="No job with id"):
+        jobs.job_status(str(uuid.uuid4()))
+
+
+def test_expired_job_is_gone(job_redis: redis.Redis) -> None:
+    job_id = make_job([jobs.Chunk(0, 1, hits={0: item("a", True)})], 1)
+    job_redis.delete(f"mt:job:{job_id}")
+    with pytest.raises(JobExpired, match="expired at"):
+        jobs.job_status(job_id)
+
+
+def test_job_of_hits_only_is_done(job_redis: redis.Redis) -> None:
+    chunk = jobs.Chunk(0, 2, hits={0: item("uno", True), 1: item("dos", True)})
+    job_id = make_job([chunk], 2)
+    report = jobs.job_status(job_id)
+    assert report["status"] == "done"
+    assert report["progress"] == {"current": 2, "total": 2}
+    assert report["result"]["translations"] == ["uno", "dos"]
+
+
+def test_status_moves_queued_processing_done(job_redis: redis.Redis) -> None:
+    task_id = str(uuid.uuid4())
+    chunk = jobs.Chunk(0, 3, hits={1: item("hit", True)}, misses=[0, 2])
+    chunk.task_id = task_id
+    job_id = make_job([chunk], 3)
+
+    report = jobs.job_status(job_id)
+    assert report["status"] == "processing"
+    assert report["progress"] == {"current": 1, "total": 3}
+
+    job_redis.set(f"mt:job:{job_id}:chunks:probe", "1")
+    set_task_state(job_redis, task_id, "PROGRESS", {"current": 1, "total": 2})
+    assert jobs.job_status(job_id)["progress"]["current"] == 2
+
+    set_task_state(
+        job_redis, task_id, "SUCCESS", {"items": [item("first"), item("third")]}
+    )
+    report = jobs.job_status(job_id)
+    assert report["status"] == "done"
+    assert report["progress"] == {"current": 3, "total": 3}
+    assert report["result"]["translations"] == ["first", "hit", "third"]
+
+
+def test_queued_when_nothing_started(job_redis: redis.Redis) -> None:
+    chunk = jobs.Chunk(0, 2, misses=[0, 1])
+    chunk.task_id = str(uuid.uuid4())
+    job_id = make_job([chunk], 2)
+    report = jobs.job_status(job_id)
+    assert report["status"] == "queued"
+    assert report["progress"] == {"current": 0, "total": 2}
+
+
+def test_failed_chunk_reports_item_errors(job_redis: redis.Redis) -> None:
+    good, bad = str(uuid.uuid4()), str(uuid.uuid4())
+    first = jobs.Chunk(0, 2, misses=[0, 1], task_id=good)
+    second = jobs.Chunk(2, 2, hits={0: item("x", True)}, misses=[1], task_id=bad)
+    job_id = make_job([first, second], 4)
+    set_task_state(job_redis, good, "SUCCESS", {"items": [item("a"), item("b")]})
+    set_task_state(
+        job_redis,
+        bad,
+        "FAILURE",
+        {"exc_type": "RuntimeError", "exc_message": ["model crashed"]},
+    )
+    report = jobs.job_status(job_id)
+    assert report["status"] == "failed"
+    assert report["error"] == "model crashed"
+    assert report["errors"] == [{"index": 3, "error": "model crashed"}]
+
+
+def test_iter_items_waits_in_order(job_redis: redis.Redis) -> None:
+    task_id = str(uuid.uuid4())
+    chunk = jobs.Chunk(0, 2, hits={0: item("a", True)}, misses=[1], task_id=task_id)
+    job_id = make_job([chunk], 2)
+    set_task_state(job_redis, task_id, "SUCCESS", {"items": [item("b")]})
+    translations = [entry["translation"] for entry in jobs.iter_items(job_id)]
+    assert translations == ["a", "b"]
+
+
+def test_iter_items_maps_worker_failure(job_redis: redis.Redis) -> None:
+    task_id = str(uuid.uuid4())
+    chunk = jobs.Chunk(0, 1, misses=[0], task_id=task_id)
+    job_id = make_job([chunk], 1)
+    set_task_state(
+        job_redis,
+        task_id,
+        "FAILURE",
+        {
+            "exc_type": "RuntimeError",
+            "exc_message": ["boom"],
+            "exc_module": "builtins",
+        },
+    )
+    with pytest.raises(TranslationFailed, match="boom"):
+        list(jobs.iter_items(job_id, deadline=time.monotonic() + 10))
+
+
+def test_cancel_marks_job(job_redis: redis.Redis) -> None:
+    chunk = jobs.Chunk(0, 1, misses=[0], task_id=str(uuid.uuid4()))
+    job_id = make_job([chunk], 1)
+    assert jobs.is_cancelled(job_id) is False
+    assert jobs.cancel_job(job_id)["status"] == "cancelled"
+    assert jobs.is_cancelled(job_id) is True
+    assert jobs.job_status(job_id)["status"] == "cancelled"
+
+
+def test_records_expire(job_redis: redis.Redis) -> None:
+    job_id = make_job([jobs.Chunk(0, 1, hits={0: item("a", True)})], 1)
+    assert 0 < job_redis.ttl(f"mt:job:{job_id}") <= 600
+    assert 0 < job_redis.ttl(f"mt:job:{job_id}:chunks") <= 600
+    assert job_redis.ttl(f"mt:jobknown:{job_id}") > 600
