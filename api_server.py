@@ -244,7 +244,7 @@ def _models_loaded() -> dict[str, list[str]] | None:
 
 
 def _health() -> tuple[Response, int]:
-    cache_stats = get_cache().stats()
+    cache_stats = get_cache().stats(count_redis_entries=False)
     try:
         redis_client().ping()
         live = workers.live_workers()

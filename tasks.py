@@ -179,7 +179,7 @@ def _init_child(**_: Any) -> None:
     """Give each forked child its own connections and cache handles."""
     cache_module.reset_cache()
     store.reset_client()
-    hostname = os.environ.get("MT_WORKER_HOSTNAME") or workers.default_hostname()
+    hostname = workers.default_hostname()
     models.on_model_change.append(lambda names: workers.record_models(hostname, names))
 
 
@@ -187,7 +187,6 @@ def _init_child(**_: Any) -> None:
 def _announce(sender: Any = None, **_: Any) -> None:
     global _heartbeat
     hostname = getattr(sender, "hostname", None) or workers.default_hostname()
-    os.environ["MT_WORKER_HOSTNAME"] = hostname
     queues = sorted(queue.name for queue in app.amqp.queues.consume_from.values())
     info = {
         "pid": os.getpid(),

@@ -594,14 +594,20 @@ class TranslationCache:
         logger.info("Cache cleared; generation is now %s", generation)
         return {"generation": generation, "redis_cleared": redis_cleared}
 
-    def stats(self) -> dict[str, Any]:
-        """Return entries, hits and misses per tier, and the hit rate."""
+    def stats(self, count_redis_entries: bool = True) -> dict[str, Any]:
+        """Return entries, hits and misses per tier, and the hit rate.
+
+        Counting Redis entries scans the keyspace for up to
+        ``REDIS_SCAN_BUDGET_SECONDS``; health checks skip it.
+        """
         generation = self._current_generation()
         shared = self.redis.read_stats()
         counters = shared if shared is not None else self.local_stats
         counters = {name: counters.get(name, 0) for name in STATS_FIELDS}
         disk_entries, disk_bytes = self.disk.counts()
-        redis_entries, redis_exact = self.redis.count_entries()
+        redis_entries, redis_exact = (
+            self.redis.count_entries() if count_redis_entries else (None, False)
+        )
         lookups = counters["lookups"]
         hits = counters["memory_hits"] + counters["disk_hits"] + counters["redis_hits"]
         return {

@@ -123,6 +123,7 @@ class Settings:
     streamlit_port: int = 8501
     flower_port: int = 5555
     debug: bool = False
+    log_level: str = "INFO"
 
     # Models.
     model_dir: Path | None = None
@@ -184,6 +185,9 @@ def load_settings() -> Settings:
         streamlit_port=_env_int("STREAMLIT_PORT", 8501, minimum=1),
         flower_port=_env_int("FLOWER_PORT", 5555, minimum=1),
         debug=_env_bool("DEBUG", False),
+        log_level=_env_str(
+            "LOG_LEVEL", "DEBUG" if _env_bool("DEBUG", False) else "INFO"
+        ).upper(),
         model_dir=_env_path("MODEL_DIR", None),
         language_pairs=_env_pairs("LANGUAGE_PAIRS"),
         auto_download_models=_env_bool("AUTO_DOWNLOAD_MODELS", False),
@@ -238,6 +242,11 @@ def _validate(settings: Settings) -> None:
     if settings.precision not in {"auto", "fp32", "fp16"}:
         raise ConfigError(
             f"PRECISION={settings.precision!r} is not valid. Use auto, fp32 or fp16."
+        )
+    if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ConfigError(
+            f"LOG_LEVEL={settings.log_level!r} is not valid. Use DEBUG, INFO, "
+            "WARNING, ERROR or CRITICAL."
         )
     if settings.task_soft_time_limit >= settings.task_time_limit:
         raise ConfigError(

@@ -34,6 +34,9 @@ def _reset_process_state() -> None:
     broker.reset_app()
     if "celery_config" in sys.modules:
         importlib.reload(sys.modules["celery_config"])
+        # The reload read the settings; forget them so a test can still set
+        # variables after this reset.
+        reset_settings()
 
 
 @pytest.fixture(scope="session")

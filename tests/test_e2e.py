@@ -129,6 +129,15 @@ def test_health_ok(stack: dict[str, Any]) -> None:
     assert body["workers"] == 1
 
 
+def test_redis_never_evicts_queued_tasks(stack: dict[str, Any]) -> None:
+    import redis
+
+    client = redis.Redis.from_url(stack["env"]["REDIS_URL"])
+    assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "volatile-lru"
+    assert int(client.config_get("maxmemory")["maxmemory"]) > 0
+    assert client.config_get("bind")["bind"].startswith("127.0.0.1")
+
+
 def test_translate_then_cached(stack: dict[str, Any]) -> None:
     request = {
         "text": "The weather is nice today.",
