@@ -45,16 +45,16 @@ def _json_body() -> dict[str, Any]:
     """Return the request body as a JSON object, or raise a 4xx error."""
     if request.mimetype != JSON_MIMETYPE:
         raise UnsupportedMediaType(request.mimetype or "none")
+    raw = request.get_data(cache=True)
     body = request.get_json(silent=True)
-    if body is None:
+    if body is None and raw.strip() != b"null":
         raise InvalidRequest(
             "The request body is not valid JSON. Send a JSON object such as "
             '{"text": "Hello", "source_lang": "en", "target_lang": "es"}.'
         )
     if not isinstance(body, dict):
-        raise InvalidRequest(
-            f"The request body must be a JSON object, got {type(body).__name__}."
-        )
+        kind = "null" if body is None else type(body).__name__
+        raise InvalidRequest(f"The request body must be a JSON object, got {kind}.")
     return body
 
 
@@ -71,7 +71,7 @@ class UnsupportedMediaType(ServiceError):
         )
 
 
-def _check_text(value: Any, field: str) -> str:
+def _check_text(value: Any, field: str, fix: str = "Split the text.") -> str:
     settings = get_settings()
     if not isinstance(value, str):
         raise InvalidRequest(
@@ -88,8 +88,7 @@ def _check_text(value: Any, field: str) -> str:
     if len(value) > settings.max_text_chars:
         raise InputTooLarge(
             f"Field {field!r} has {len(value)} characters; the limit is "
-            f"{settings.max_text_chars} (MAX_TEXT_CHARS). Split the text or "
-            "use /api/batch."
+            f"{settings.max_text_chars} (MAX_TEXT_CHARS). {fix}"
         )
     return value
 
@@ -150,7 +149,11 @@ def register_routes(app: Flask) -> None:
     @app.post("/api/translate")
     def translate() -> Response:
         body = _json_body()
-        text = _check_text(_required(body, "text"), "text")
+        text = _check_text(
+            _required(body, "text"),
+            "text",
+            "Split the text into several texts and send them to /api/batch.",
+        )
         source, target = _pair(body)
         item = dispatch.translate_sync([text], source, target, kind="text")[0]
         return jsonify(

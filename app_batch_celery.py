@@ -666,7 +666,7 @@ def _print_written(
         return
     print(
         f"Wrote {summary.rows} rows to {output_path} (job {job_id}: "
-        f"{summary.translated} translated, {summary.cache_hits} cache hits, "
+        f"{summary.translated} translated, {summary.cache_hits} rows from the cache, "
         f"{summary.empty} empty)."
     )
 

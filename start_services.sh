@@ -219,7 +219,7 @@ build_tiny_models() {
     die "TINY_MODELS needs MODEL_DIR, the folder to write the checkpoints into."
   for pair in ${TINY_MODELS//,/ }; do
     [[ $pair == ?*-?* ]] || die "TINY_MODELS has '$pair'; write pairs as en-es."
-    echo "Building the tiny checkpoint $pair in $MODEL_DIR"
+    echo "Tiny checkpoint $pair in $MODEL_DIR (built unless present)"
     "$PYTHON" tests/make_tiny_model.py "$MODEL_DIR" "${pair%%-*}" "${pair#*-}" \
       >/dev/null
   done

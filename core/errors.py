@@ -107,4 +107,11 @@ class JobCancelled(ServiceError):
     code = "job_cancelled"
 
 
+class JobFinished(ServiceError):
+    """The job already finished, so it cannot be cancelled."""
+
+    status = 409
+    code = "job_finished"
+
+
 ERRORS_BY_NAME[JobCancelled.__name__] = JobCancelled

@@ -33,6 +33,7 @@ from core.errors import (
     DeadlineExceeded,
     JobCancelled,
     JobExpired,
+    JobFinished,
     JobNotFound,
     ServiceError,
     TranslationFailed,
@@ -398,8 +399,19 @@ def _chunk_items(
 
 
 def cancel_job(job_id: str) -> dict[str, Any]:
-    """Cancel a job: mark it and revoke its tasks that have not run."""
+    """Cancel a job: mark it and revoke its tasks that have not run.
+
+    A job that already finished keeps its result: ``JobFinished`` is raised.
+    """
     record = load_job(job_id)
+    if record["cancelled"]:
+        return {"task_id": job_id, "status": STATUS_CANCELLED}
+    status = job_status(job_id, include_result=False)["status"]
+    if status in (STATUS_DONE, STATUS_FAILED):
+        raise JobFinished(
+            f"Job {job_id!r} already finished with status {status!r}; there is "
+            "nothing to cancel. Its result stays available until it expires."
+        )
     record["cancelled"] = True
     _save(record)
     task_ids = [chunk["task_id"] for chunk in _chunks(job_id) if chunk["task_id"]]

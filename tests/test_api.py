@@ -51,6 +51,7 @@ BAD_REQUESTS = [
     ("not json", "text/plain", "hello", 415, "Content type 'text/plain'"),
     ("malformed json", "application/json", "{bad", 400, "not valid JSON"),
     ("json array", "application/json", "[1, 2]", 400, "must be a JSON object"),
+    ("json null", "application/json", "null", 400, "JSON object, got null"),
     ("missing text", "application/json", {"source_lang": "en"}, 400, "'text'"),
     ("null text", "application/json", {**TEXT_BODY, "text": None}, 400, "'text'"),
     ("number text", "application/json", {**TEXT_BODY, "text": 5}, 400, "'text'"),
@@ -139,6 +140,16 @@ def test_batch_rejects_bad_input(
     payload = {"source_lang": "en", "target_lang": "es", **body}
     response = offline_client.post("/api/batch", json=payload)
     assert_json_error(response, status, fragment)
+
+
+@pytest.mark.unit
+def test_batch_text_over_limit_names_item(offline_client: FlaskClient) -> None:
+    response = offline_client.post(
+        "/api/batch",
+        json={"texts": ["ok", "a" * 101], "source_lang": "en", "target_lang": "es"},
+    )
+    body = assert_json_error(response, 413, "'texts[1]' has 101 characters")
+    assert "/api/batch" not in body["error"]
 
 
 @pytest.mark.unit
@@ -313,6 +324,28 @@ class TestLiveStack:
         assert response.get_json()["status"] == "cancelled"
         report = client.get(f"/api/task/{accepted['task_id']}").get_json()
         assert report["status"] == "cancelled"
+
+    def test_cancel_finished_job_keeps_result(self, client: FlaskClient) -> None:
+        accepted = client.post(
+            "/api/batch",
+            json={
+                "texts": [f"Finished {time.time_ns()}"],
+                "source_lang": "en",
+                "target_lang": "es",
+                "async": True,
+            },
+        ).get_json()
+        task_id = accepted["task_id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if client.get(f"/api/task/{task_id}").get_json()["status"] == "done":
+                break
+            time.sleep(0.1)
+        response = client.delete(f"/api/task/{task_id}")
+        assert_json_error(response, 409, "already finished")
+        report = client.get(f"/api/task/{task_id}").get_json()
+        assert report["status"] == "done"
+        assert len(report["result"]["translations"]) == 1
 
     def test_cache_stats_and_clear(self, client: FlaskClient) -> None:
         body = {**TEXT_BODY, "text": f"Stats check {time.time_ns()}"}
