@@ -28,6 +28,7 @@ from core.errors import (
 )
 from core.languages import language_name
 from core.logs import configure_logging
+from core.options import TranslationOptions
 from core.store import redis_client
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def _required(body: dict[str, Any], field: str) -> Any:
 
 
 def _pair(body: dict[str, Any]) -> tuple[str, str]:
-    return models.resolve_pair(
+    return dispatch.resolve_languages(
         _required(body, "source_lang"), _required(body, "target_lang")
     )
 
@@ -155,7 +156,8 @@ def register_routes(app: Flask) -> None:
             "Split the text into several texts and send them to /api/batch.",
         )
         source, target = _pair(body)
-        item = dispatch.translate_sync([text], source, target, kind="text")[0]
+        options = TranslationOptions.from_request(body)
+        item = dispatch.translate_sync([text], source, target, options, kind="text")[0]
         return jsonify(
             {
                 "success": True,
@@ -170,12 +172,13 @@ def register_routes(app: Flask) -> None:
         body = _json_body()
         texts = _texts(body)
         source, target = _pair(body)
+        options = TranslationOptions.from_request(body)
         if _async_flag(body):
-            job_id = dispatch.submit_async(texts, source, target)
+            job_id = dispatch.submit_async(texts, source, target, options)
             response = jsonify({"success": True, "task_id": job_id, "status": "queued"})
             response.headers["Location"] = f"/api/task/{job_id}"
             return response, 202
-        items = dispatch.translate_sync(texts, source, target)
+        items = dispatch.translate_sync(texts, source, target, options)
         public = [_public_item(item) for item in items]
         return jsonify(
             {
@@ -213,8 +216,11 @@ def register_routes(app: Flask) -> None:
 
     @app.get("/api/languages")
     def languages() -> Response:
-        pairs = models.served_pairs()
-        codes = sorted({code for pair in pairs for code in pair})
+        routes = models.served_routes()
+        codes = sorted(
+            {route["source_lang"] for route in routes}
+            | {route["target_lang"] for route in routes}
+        )
         return jsonify(
             {
                 "success": True,
@@ -223,13 +229,12 @@ def register_routes(app: Flask) -> None:
                 ],
                 "pairs": [
                     {
-                        "source_lang": source,
-                        "target_lang": target,
-                        "source_name": language_name(source),
-                        "target_name": language_name(target),
-                        "model": models.checkpoint_name(source, target),
+                        **route,
+                        "source_name": language_name(route["source_lang"]),
+                        "target_name": language_name(route["target_lang"]),
+                        "model": route["models"][-1],
                     }
-                    for source, target in pairs
+                    for route in routes
                 ],
             }
         )

@@ -20,41 +20,17 @@ from celery import Celery, Task, signals
 from core import cache as cache_module
 from core import jobs, models, store, workers
 from core.broker import BROKER_ERRORS
-from core.cache import KeyContext, get_cache
+from core.cache import get_cache
 from core.config import get_settings
-from core.dispatch import needs_model, passthrough_item
+from core.options import TranslationOptions
+from core.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 
 app = Celery("tasks")
 app.config_from_object("celery_config")
 
-FINGERPRINT_REPUBLISH_SECONDS = 60.0
-
 _heartbeat: workers.Heartbeat | None = None
-_published: dict[tuple[str, str, str], float] = {}
-
-
-def _model_context(source_lang: str, target_lang: str) -> tuple[KeyContext, str]:
-    """Return the cache key context and the model name for a pair.
-
-    The fingerprint is read from the checkpoint files when they are on disk,
-    so a batch of cache hits never loads the model.
-    """
-    fingerprint = models.fingerprint_for_pair(source_lang, target_lang)
-    name = models.checkpoint_name(source_lang, target_lang)
-    if fingerprint is None:
-        loaded = models.load_model(source_lang, target_lang)
-        fingerprint, name = loaded.fingerprint, loaded.name
-    # Republished now and then, so front ends relearn it after Redis lost data.
-    marker = (source_lang, target_lang, fingerprint)
-    now = time.monotonic()
-    if now - _published.get(marker, -FINGERPRINT_REPUBLISH_SECONDS) >= (
-        FINGERPRINT_REPUBLISH_SECONDS
-    ):
-        workers.publish_fingerprint(source_lang, target_lang, fingerprint)
-        _published[marker] = now
-    return KeyContext.build(source_lang, target_lang, fingerprint), name
 
 
 def translate_items(
@@ -65,57 +41,25 @@ def translate_items(
     options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Translate texts with the cache; return one item per text, in order."""
-    from core.translator import translate_texts
-
-    options = dict(options or {})
     task_id = task.request.id if task is not None else None
-    items: list[dict[str, Any] | None] = [None] * len(texts)
-    wanted = [index for index, text in enumerate(texts) if needs_model(text)]
-    for index, text in enumerate(texts):
-        if not needs_model(text):
-            items[index] = passthrough_item(text)
-    if not wanted:
-        return [item for item in items if item is not None]
-
-    context, model_name = _model_context(source_lang, target_lang)
-    keys = {index: context.key(texts[index], options) for index in wanted}
-    hits = get_cache().get_many(keys.values())
-    misses: dict[str, list[int]] = {}
-    for index in wanted:
-        hit = hits.get(keys[index])
-        if hit is None:
-            misses.setdefault(texts[index], []).append(index)
-        else:
-            value = {name: item for name, item in hit.value.items() if name != "g"}
-            items[index] = {**value, "cached": True, "cache_tier": hit.tier}
-
-    unique = list(misses)
+    started = time.perf_counter()
+    pipeline = Pipeline(
+        TranslationOptions.from_dict(options),
+        worker=True,
+        progress=lambda done: _report_progress(task, done, len(texts)),
+        group_size=get_settings().max_batch_size,
+    )
+    items = pipeline.run(texts, source_lang, target_lang)
+    cached = sum(1 for item in items if item is not None and item.get("cached"))
     logger.info(
-        "Task %s: %d texts %s-%s, %d cache hits, %d to translate",
+        "Task %s: %d texts %s-%s, %d cache hits, done in %.2f s",
         task_id,
         len(texts),
         source_lang,
         target_lang,
-        len(wanted) - sum(len(indexes) for indexes in misses.values()),
-        len(unique),
+        cached,
+        time.perf_counter() - started,
     )
-    if unique:
-        loaded = models.load_model(source_lang, target_lang)
-        step = max(1, get_settings().max_batch_size)
-        done = len(texts) - len(unique)
-        new_entries: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(unique), step):
-            group = unique[start : start + step]
-            for text, translation in zip(
-                group, translate_texts(loaded, group, source_lang), strict=True
-            ):
-                value = {"translation": translation, "model": model_name}
-                new_entries[context.key(text, options)] = value
-                for index in misses[text]:
-                    items[index] = {**value, "cached": False}
-            done += len(group)
-            _report_progress(task, done, len(texts))
-        get_cache().set_many(new_entries)
     return [item for item in items if item is not None]
 
 

@@ -138,6 +138,8 @@ class Settings:
     max_batch_size: int = 64
     max_new_tokens_ratio: float = 1.5
     max_new_tokens_extra: int = 10
+    no_repeat_ngram_size: int = 8
+    repetition_penalty: float = 1.0
     torch_threads: int = 0
 
     # Cache.
@@ -199,6 +201,8 @@ def load_settings() -> Settings:
         max_batch_size=_env_int("MAX_BATCH_SIZE", 64, minimum=1),
         max_new_tokens_ratio=_env_float("MAX_NEW_TOKENS_RATIO", 1.5, minimum=0.1),
         max_new_tokens_extra=_env_int("MAX_NEW_TOKENS_EXTRA", 10, minimum=0),
+        no_repeat_ngram_size=_env_int("NO_REPEAT_NGRAM_SIZE", 8, minimum=0),
+        repetition_penalty=_env_float("REPETITION_PENALTY", 1.0, minimum=1.0),
         torch_threads=_env_int("TORCH_THREADS", 0, minimum=0),
         cache_dir=_env_path("CACHE_DIR", PROJECT_ROOT / "var" / "cache")
         or PROJECT_ROOT / "var" / "cache",

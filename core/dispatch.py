@@ -1,21 +1,36 @@
 """Cache-first dispatch of translation requests from front ends to workers.
 
-Front ends look every text up in the cache first and send only the misses to
-the workers, so a hit never costs a worker round trip. Texts that are empty
-or whitespace-only come back unchanged without reaching a worker.
+Front ends look every text up in the cache first, through the same pipeline
+the workers run, and send only the misses to the workers, so a hit never
+costs a worker round trip. Texts without letters come back unchanged without
+reaching a worker.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from core import jobs, models, workers
+from core import jobs, models
 from core.broker import require_workers, send
-from core.cache import KeyContext, get_cache
 from core.config import get_settings
+from core.errors import UnsupportedLanguagePair
+from core.languages import normalize_code
+from core.options import TranslationOptions
+from core.pipeline import AUTO, Pipeline, needs_model
+
+__all__ = [
+    "QUEUE_BULK",
+    "QUEUE_INTERACTIVE",
+    "Submission",
+    "lookup",
+    "needs_model",
+    "resolve_languages",
+    "submit_async",
+    "translate_sync",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -25,52 +40,37 @@ TASK_TEXT = "tasks.translate_text"
 TASK_BATCH = "tasks.translate_batch"
 
 
-def needs_model(text: str) -> bool:
-    """True when a text has something for the model to translate."""
-    return bool(text.strip())
+def resolve_languages(source_lang: object, target_lang: object) -> tuple[str, str]:
+    """Validate a request's languages; ``auto`` is allowed as the source.
 
-
-def passthrough_item(text: str) -> dict[str, Any]:
-    """The item of a text that is returned unchanged without a model."""
-    return {"translation": text, "model": None, "cached": False}
-
-
-def front_end_key_context(source_lang: str, target_lang: str) -> KeyContext | None:
-    """Build the cache key context without loading a model.
-
-    The fingerprint comes from the local checkpoint files when this host has
-    them, else from the value a worker published when it loaded the model.
-    None means the key cannot be computed yet, so every text is a miss.
+    Returns canonical codes. Raises ``InvalidRequest`` or
+    ``UnsupportedLanguagePair`` naming the value.
     """
-    fingerprint = models.fingerprint_for_pair(source_lang, target_lang)
-    if fingerprint is None:
-        fingerprint = workers.published_fingerprint(source_lang, target_lang)
-    if fingerprint is None:
-        return None
-    return KeyContext.build(source_lang, target_lang, fingerprint)
+    if isinstance(source_lang, str) and source_lang.strip().lower() == AUTO:
+        target = normalize_code(target_lang, "target_lang")
+        targets = {route["target_lang"] for route in models.served_routes()}
+        if target not in targets:
+            listing = ", ".join(sorted(targets)) or "none"
+            raise UnsupportedLanguagePair(
+                f"No served pair translates into {target!r}, so source_lang "
+                f"'auto' cannot be used with it. Target languages: {listing}."
+            )
+        return AUTO, target
+    models.resolve_route(source_lang, target_lang)
+    return (
+        normalize_code(source_lang, "source_lang"),
+        normalize_code(target_lang, "target_lang"),
+    )
 
 
 def lookup(
-    context: KeyContext | None, texts: Sequence[str], options: Mapping[str, Any]
+    texts: Sequence[str],
+    source_lang: str,
+    target_lang: str,
+    options: TranslationOptions | None = None,
 ) -> list[dict[str, Any] | None]:
     """Return one item per text for cache hits and passthroughs, else None."""
-    items: list[dict[str, Any] | None] = [None] * len(texts)
-    keys: dict[int, str] = {}
-    for index, text in enumerate(texts):
-        if not needs_model(text):
-            items[index] = passthrough_item(text)
-        elif context is not None:
-            keys[index] = context.key(text, options)
-    if not keys:
-        return items
-
-    hits = get_cache().get_many(keys.values())
-    for index, key in keys.items():
-        hit = hits.get(key)
-        if hit is not None:
-            value = {name: item for name, item in hit.value.items() if name != "g"}
-            items[index] = {**value, "cached": True, "cache_tier": hit.tier}
-    return items
+    return Pipeline(options, worker=False).run(texts, source_lang, target_lang)
 
 
 class Submission:
@@ -82,20 +82,19 @@ class Submission:
         source_lang: str,
         target_lang: str,
         *,
-        options: Mapping[str, Any] | None = None,
+        options: TranslationOptions | None = None,
         queue: str = QUEUE_BULK,
         **meta: Any,
     ) -> None:
         self.kind = kind
         self.source_lang = source_lang
         self.target_lang = target_lang
-        self.options = dict(options or {})
+        self.options = options or TranslationOptions()
         self.queue = queue
         self.job_id = jobs.new_job_id()
         self.total = 0
         self.chunk_count = 0
         self.task_count = 0
-        self.context = front_end_key_context(source_lang, target_lang)
         jobs.create_job(self.job_id, kind, source_lang, target_lang, **meta)
 
     def add(
@@ -107,7 +106,7 @@ class Submission:
         items = (
             list(known)
             if known is not None
-            else lookup(self.context, texts, self.options)
+            else lookup(texts, self.source_lang, self.target_lang, self.options)
         )
         chunk = jobs.Chunk(start=self.total, count=len(texts))
         for position, item in enumerate(items):
@@ -133,7 +132,7 @@ class Submission:
         return send(
             name,
             args=args,
-            kwargs={"options": self.options, "job_id": self.job_id},
+            kwargs={"options": self.options.to_dict(), "job_id": self.job_id},
             queue=self.queue,
         )
 
@@ -155,7 +154,7 @@ def translate_sync(
     texts: Sequence[str],
     source_lang: str,
     target_lang: str,
-    options: Mapping[str, Any] | None = None,
+    options: TranslationOptions | None = None,
     kind: str = "batch",
 ) -> list[dict[str, Any]]:
     """Translate texts and wait for them, at most ``SYNC_TIMEOUT`` seconds.
@@ -163,10 +162,8 @@ def translate_sync(
     Raises ``DeadlineExceeded`` carrying the job id when the deadline passes.
     """
     settings = get_settings()
-    options = dict(options or {})
     deadline = time.monotonic() + settings.sync_timeout
-    context = front_end_key_context(source_lang, target_lang)
-    items = lookup(context, texts, options)
+    items = lookup(texts, source_lang, target_lang, options)
     if all(item is not None for item in items):
         return [item for item in items if item is not None]
 
@@ -190,7 +187,7 @@ def submit_async(
     texts: Sequence[str],
     source_lang: str,
     target_lang: str,
-    options: Mapping[str, Any] | None = None,
+    options: TranslationOptions | None = None,
     kind: str = "batch",
 ) -> str:
     """Queue texts on the bulk queue as a job; return the job id."""

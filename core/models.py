@@ -2,6 +2,10 @@
 
 Checkpoints are Helsinki-NLP opus-mt MarianMT folders named
 ``opus-mt-SRC-TGT``, found under ``MODEL_DIR`` or in the Hugging Face cache.
+Multi-target checkpoints in ``MODEL_DIR`` (``opus-mt-en-ROMANCE``,
+``opus-mt-en-mul``, ``opus-mt-tc-big-en-romance``) serve one pair per
+``>>xx<<`` target token in their vocabulary. A pair with no checkpoint may
+still be served through English in two hops (see ``resolve_route``).
 Importing this module stays light: torch, transformers and huggingface_hub
 are imported inside the functions that need them, so the API and command-line
 processes can resolve pairs without loading any of them.
@@ -16,8 +20,10 @@ import argparse
 import gc
 import hashlib
 import importlib.util
+import json
 import logging
 import os
+import re
 import shutil
 import sys
 import threading
@@ -25,13 +31,13 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from core.config import DEFAULT_PAIRS, Settings, get_settings
-from core.errors import ModelNotAvailable, ServiceError
-from core.languages import match_pair, normalize_code, parse_pair
+from core.errors import ModelNotAvailable, ServiceError, UnsupportedLanguagePair
+from core.languages import base_language, match_pair, normalize_code, parse_pair
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +62,17 @@ DOWNLOAD_PATTERNS = (
     "special_tokens_map.json",
 )
 
+PIVOT_LANGUAGE = "en"
+
+# A folder named opus-mt-SRC-ANYTHING, where a Tatoeba-Challenge size tag such
+# as tc-big- may come first: opus-mt-en-ROMANCE, opus-mt-tc-big-en-romance.
+_GROUP_FOLDER = re.compile(
+    r"^opus-mt-(?:tc-(?:big|base|small|tiny)-)?"
+    r"(?P<source>[A-Za-z]{2,3}(?:_[A-Za-z]{2})?)-(?P<rest>.+)$"
+)
+# A target language token of a multi-target vocabulary: >>es<<, >>pt_br<<.
+_TARGET_TOKEN = re.compile(r"^>>(?P<code>\w+)<<$")
+
 # Values that huggingface_hub reads as true in boolean environment variables.
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 
@@ -78,44 +95,194 @@ def hub_id(source: str, target: str) -> str:
     return f"{HUB_ORGANIZATION}/{checkpoint_name(source, target)}"
 
 
+@dataclass(frozen=True)
+class CheckpointRef:
+    """The checkpoint that serves one language pair.
+
+    ``path`` is None for a checkpoint that is not on disk, which loading
+    downloads or rejects. ``target_token`` is the ``>>xx<<`` token that a
+    multi-target checkpoint needs in front of every input, else None.
+    """
+
+    name: str
+    source: str
+    target: str
+    path: Path | None
+    target_token: str | None = None
+
+
 def served_pairs(settings: Settings | None = None) -> list[Pair]:
     """Return the sorted pairs this deployment serves.
 
     ``LANGUAGE_PAIRS`` wins when set. Otherwise a set ``MODEL_DIR`` serves the
-    ``opus-mt-SRC-TGT`` folders in it that contain ``config.json``. Without
-    either, the pairs in ``core.config.DEFAULT_PAIRS`` are served.
+    ``opus-mt-SRC-TGT`` folders in it that contain ``config.json``, and each
+    target token of its multi-target folders. Without either, the pairs in
+    ``core.config.DEFAULT_PAIRS`` are served.
     """
     settings = settings or get_settings()
     if settings.language_pairs is not None:
-        names: Sequence[str] = settings.language_pairs
-    elif settings.model_dir is not None:
-        names = _discover_pair_names(settings.model_dir)
-    else:
-        names = DEFAULT_PAIRS
-    return sorted({parse_pair(name) for name in names})
+        return sorted({parse_pair(name) for name in settings.language_pairs})
+    if settings.model_dir is not None:
+        return sorted(_model_dir_checkpoints(settings.model_dir))
+    return sorted({parse_pair(name) for name in DEFAULT_PAIRS})
 
 
-def _discover_pair_names(model_dir: Path) -> list[str]:
+_vocab_lock = threading.Lock()
+_target_tokens: dict[tuple[str, int, int], dict[str, str]] = {}
+
+
+def checkpoint_targets(path: Path) -> list[str]:
+    """Return the sorted target codes of the ``>>xx<<`` tokens in ``vocab.json``.
+
+    Codes are normalised (``>>pt_br<<`` gives ``pt-BR``, ``>>fra<<`` gives
+    ``fr``). Tokens whose code ``normalize_code`` rejects, such as
+    ``>>zho_Hans<<``, are skipped. A checkpoint without target tokens returns
+    an empty list.
+    """
+    return sorted(_target_token_map(path))
+
+
+def _target_token_map(path: Path) -> dict[str, str]:
+    """Map each normalised target code of a checkpoint to its token."""
+    vocab_path = path / "vocab.json"
+    try:
+        stat = vocab_path.stat()
+    except OSError:
+        return {}
+    key = (str(vocab_path.resolve()), stat.st_mtime_ns, stat.st_size)
+    with _vocab_lock:
+        cached = _target_tokens.get(key)
+    if cached is not None:
+        return cached
+
+    try:
+        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        logger.warning("Skipping target tokens of %s: unreadable vocab.json", path)
+        return {}
+    tokens: dict[str, str] = {}
+    # Lower ids first, so of two tokens with the same code the earlier wins.
+    for token in sorted(vocab, key=lambda item: vocab[item]):
+        match = _TARGET_TOKEN.match(token)
+        if match is None:
+            continue
+        try:
+            code = normalize_code(match.group("code"), "target token")
+        except ServiceError:
+            continue
+        tokens.setdefault(code, token)
+
+    with _vocab_lock:
+        _target_tokens[key] = tokens
+    return tokens
+
+
+def _model_dir_checkpoints(model_dir: Path) -> dict[Pair, CheckpointRef]:
+    """Map every pair the folders in ``model_dir`` serve to its checkpoint.
+
+    A direct ``opus-mt-SRC-TGT`` folder wins over a multi-target folder for
+    the same pair. Of several multi-target folders, the first by name wins.
+    """
     if not model_dir.is_dir():
         logger.debug(
             "MODEL_DIR %s is not a directory, so no pairs are served", model_dir
         )
-        return []
+        return {}
 
-    names = []
-    for folder in model_dir.iterdir():
+    direct: dict[Pair, CheckpointRef] = {}
+    grouped: dict[Pair, CheckpointRef] = {}
+    for folder in sorted(model_dir.iterdir()):
         if not folder.name.startswith(CHECKPOINT_PREFIX):
             continue
         if not (folder / "config.json").is_file():
             continue
-        name = folder.name.removeprefix(CHECKPOINT_PREFIX)
-        try:
-            parse_pair(name)
-        except ServiceError:
-            logger.debug("Skipping %s: the name is not opus-mt-SRC-TGT", folder)
+        tokens = _target_token_map(folder)
+        pair = _direct_pair(folder.name)
+        if pair is not None:
+            direct[pair] = CheckpointRef(
+                folder.name, *pair, folder, tokens.get(pair[1])
+            )
             continue
-        names.append(name)
-    return names
+        for pair, token in _group_pairs(folder.name, tokens).items():
+            grouped.setdefault(pair, CheckpointRef(folder.name, *pair, folder, token))
+    return {**grouped, **direct}
+
+
+def _direct_pair(folder_name: str) -> Pair | None:
+    try:
+        return parse_pair(folder_name.removeprefix(CHECKPOINT_PREFIX))
+    except ServiceError:
+        return None
+
+
+def _group_pairs(folder_name: str, tokens: dict[str, str]) -> dict[Pair, str | None]:
+    """Return the pairs of an ``opus-mt-SRC-ANYTHING`` folder with their tokens.
+
+    A folder with target tokens serves one pair per token. A folder without
+    them, such as ``opus-mt-tc-big-en-fr``, serves its one pair when the part
+    after the source is a language code.
+    """
+    match = _GROUP_FOLDER.match(folder_name)
+    if match is None:
+        logger.debug("Skipping %s: the name is not opus-mt-SRC-TGT", folder_name)
+        return {}
+    try:
+        source = normalize_code(match.group("source"), "source_lang")
+    except ServiceError:
+        return {}
+    if tokens:
+        return {(source, target): token for target, token in tokens.items()}
+    try:
+        target = normalize_code(match.group("rest"), "target_lang")
+    except ServiceError:
+        logger.debug("Skipping %s: no target tokens in vocab.json", folder_name)
+        return {}
+    return {(source, target): None}
+
+
+def find_checkpoint(
+    source: str, target: str, settings: Settings | None = None
+) -> CheckpointRef | None:
+    """Return the local checkpoint that serves a pair, or None.
+
+    The order is ``MODEL_DIR/opus-mt-SRC-TGT``, then that checkpoint in the
+    Hugging Face cache, then a multi-target folder in ``MODEL_DIR`` whose
+    vocabulary has the target token.
+    """
+    settings = settings or get_settings()
+    in_model_dir: dict[Pair, CheckpointRef] = {}
+    if settings.model_dir is not None:
+        in_model_dir = _model_dir_checkpoints(settings.model_dir)
+    return _find_in(in_model_dir, source, target)
+
+
+def _find_in(
+    in_model_dir: dict[Pair, CheckpointRef], source: str, target: str
+) -> CheckpointRef | None:
+    name = checkpoint_name(source, target)
+    ref = in_model_dir.get((source, target))
+    if ref is not None and ref.name == name:
+        return ref
+    snapshot = _cached_snapshot(source, target)
+    if snapshot is not None:
+        return CheckpointRef(name, source, target, snapshot)
+    return ref
+
+
+def _ref_or_download(
+    in_model_dir: dict[Pair, CheckpointRef], source: str, target: str
+) -> CheckpointRef:
+    """Return the local checkpoint of a pair, else a reference to download."""
+    ref = _find_in(in_model_dir, source, target)
+    if ref is not None:
+        return ref
+    return CheckpointRef(checkpoint_name(source, target), source, target, None)
+
+
+def _settings_checkpoints(settings: Settings) -> dict[Pair, CheckpointRef]:
+    if settings.model_dir is None:
+        return {}
+    return _model_dir_checkpoints(settings.model_dir)
 
 
 def resolve_pair(source_lang: object, target_lang: object) -> Pair:
@@ -126,7 +293,109 @@ def resolve_pair(source_lang: object, target_lang: object) -> Pair:
     """
     source = normalize_code(source_lang, "source_lang")
     target = normalize_code(target_lang, "target_lang")
-    return match_pair(source, target, served_pairs())
+    try:
+        return match_pair(source, target, served_pairs())
+    except UnsupportedLanguagePair as error:
+        hint = _multi_target_hint(source, target)
+        if not hint:
+            raise
+        raise UnsupportedLanguagePair(f"{error.message} {hint}") from None
+
+
+def _multi_target_hint(source: str, target: str) -> str:
+    """Name the multi-target checkpoints for ``source`` and their targets."""
+    settings = get_settings()
+    if settings.model_dir is None:
+        return ""
+    targets: dict[str, set[str]] = {}
+    for (ref_source, ref_target), ref in _settings_checkpoints(settings).items():
+        if ref.target_token is None:
+            continue
+        if base_language(ref_source) == base_language(source):
+            targets.setdefault(ref.name, set()).add(ref_target)
+    sentences = [
+        f"{name} serves {source} to {', '.join(sorted(codes))}, but not {target}."
+        for name, codes in sorted(targets.items())
+    ]
+    return " ".join(sentences)
+
+
+def resolve_route(source_lang: object, target_lang: object) -> list[CheckpointRef]:
+    """Return the checkpoints that translate a request, in the order to run them.
+
+    One checkpoint when a served pair matches, directly or through a
+    multi-target checkpoint. Otherwise two, ``source`` to English and English
+    to ``target``, when both pairs are served. Raises ``InvalidRequest`` for a
+    malformed code and ``UnsupportedLanguagePair`` when no route exists.
+    """
+    source = normalize_code(source_lang, "source_lang")
+    target = normalize_code(target_lang, "target_lang")
+    settings = get_settings()
+    served = served_pairs(settings)
+    in_model_dir = _settings_checkpoints(settings)
+    try:
+        pair = match_pair(source, target, served)
+    except UnsupportedLanguagePair as error:
+        hops = _pivot_pairs(source, target, served)
+        if hops is None:
+            hint = _multi_target_hint(source, target)
+            message = (
+                f"{error.message} No route through {PIVOT_LANGUAGE!r} exists "
+                f"either, because it needs both {source}-{PIVOT_LANGUAGE} and "
+                f"{PIVOT_LANGUAGE}-{target}."
+            )
+            raise UnsupportedLanguagePair(f"{message} {hint}".strip()) from None
+        return [_ref_or_download(in_model_dir, *hop) for hop in hops]
+    return [_ref_or_download(in_model_dir, *pair)]
+
+
+def _pivot_pairs(source: str, target: str, served: list[Pair]) -> list[Pair] | None:
+    if PIVOT_LANGUAGE in (base_language(source), base_language(target)):
+        return None
+    try:
+        first = match_pair(source, PIVOT_LANGUAGE, served)
+        second = match_pair(PIVOT_LANGUAGE, target, served)
+    except UnsupportedLanguagePair:
+        return None
+    return [first, second]
+
+
+def served_routes(settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Return every served route for ``/api/languages``, sorted by pair.
+
+    Each route is ``{source_lang, target_lang, models, pivot}``: ``models``
+    lists the checkpoint names in the order they run, and ``pivot`` is
+    ``"en"`` for a route through English, else None.
+    """
+    settings = settings or get_settings()
+    served = served_pairs(settings)
+    in_model_dir = _settings_checkpoints(settings)
+    names = {pair: _ref_or_download(in_model_dir, *pair).name for pair in served}
+    routes: dict[Pair, dict[str, Any]] = {
+        pair: _route(pair, [names[pair]], None) for pair in served
+    }
+
+    into_pivot = [s for s, t in served if t == PIVOT_LANGUAGE]
+    from_pivot = [t for s, t in served if s == PIVOT_LANGUAGE]
+    for source in into_pivot:
+        for target in from_pivot:
+            if source == target or (source, target) in routes:
+                continue
+            models = [
+                names[(source, PIVOT_LANGUAGE)],
+                names[(PIVOT_LANGUAGE, target)],
+            ]
+            routes[(source, target)] = _route((source, target), models, PIVOT_LANGUAGE)
+    return [routes[pair] for pair in sorted(routes)]
+
+
+def _route(pair: Pair, models: list[str], pivot: str | None) -> dict[str, Any]:
+    return {
+        "source_lang": pair[0],
+        "target_lang": pair[1],
+        "models": models,
+        "pivot": pivot,
+    }
 
 
 def local_checkpoint(
@@ -244,9 +513,15 @@ def checkpoint_fingerprint(path: Path) -> str:
 
 
 def fingerprint_for_pair(source: str, target: str) -> str | None:
-    """Return the fingerprint of the local checkpoint of a pair, or None."""
-    path = local_checkpoint(source, target)
-    return checkpoint_fingerprint(path) if path is not None else None
+    """Return the fingerprint of the local checkpoint that serves a pair, or None.
+
+    Pairs served by one multi-target checkpoint share its fingerprint, and
+    the cache key distinguishes them by the target language.
+    """
+    ref = find_checkpoint(source, target)
+    if ref is None or ref.path is None:
+        return None
+    return checkpoint_fingerprint(ref.path)
 
 
 # Loading.
@@ -266,6 +541,8 @@ class LoadedModel:
     device: str
     precision: str
     max_input_tokens: int
+    target_token: str | None = None
+    """The ``>>xx<<`` token put before every input of a multi-target model."""
 
 
 _registry_lock = threading.Lock()
@@ -281,31 +558,63 @@ def loaded_models() -> list[str]:
 
 
 def load_model(source: str, target: str) -> LoadedModel:
-    """Return the model of a pair, loading it on first use.
+    """Return the model that serves a pair, loading it on first use.
 
-    At most ``MAX_LOADED_MODELS`` models stay in memory, and the least
-    recently used one is unloaded before another is loaded. Concurrent
-    requests for the same pair load it once. Raises ``ModelNotAvailable``
-    without any network access when the checkpoint is not on disk and
-    downloads are off or ``HF_HUB_OFFLINE`` is set.
+    The checkpoint is the one ``find_checkpoint`` returns, else the direct
+    ``opus-mt-SRC-TGT`` one, which is downloaded or rejected as described in
+    ``load_checkpoint``.
     """
-    name = checkpoint_name(source, target)
-    cached = _touch(name)
-    if cached is not None:
-        return cached
+    ref = find_checkpoint(source, target)
+    if ref is None:
+        ref = CheckpointRef(checkpoint_name(source, target), source, target, None)
+    return load_checkpoint(ref)
+
+
+def load_checkpoint(ref: CheckpointRef) -> LoadedModel:
+    """Return the model of a checkpoint, loading it on first use.
+
+    Models are kept by checkpoint name, so the pairs of one multi-target
+    checkpoint share one model in memory. For such a pair the returned
+    ``LoadedModel`` is a copy that carries the pair's languages and target
+    token around the shared model and tokenizer. At most
+    ``MAX_LOADED_MODELS`` models stay in memory, and the least recently used
+    one is unloaded before another is loaded. Concurrent requests for the
+    same checkpoint load it once. Raises ``ModelNotAvailable`` without any
+    network access when ``ref.path`` is None, the checkpoint is not on disk,
+    and downloads are off or ``HF_HUB_OFFLINE`` is set.
+    """
+    loaded = _touch(ref.name)
+    if loaded is not None:
+        return _for_pair(loaded, ref)
 
     with _load_lock:
-        cached = _touch(name)
-        if cached is not None:
-            return cached
-
-        path = _checkpoint_or_download(source, target)
-        _evict_for(get_settings().max_loaded_models - 1)
-        loaded = _load_from_disk(name, source, target, path)
-        with _registry_lock:
-            _loaded[name] = loaded
+        loaded = _touch(ref.name)
+        if loaded is not None:
+            return _for_pair(loaded, ref)
+        loaded = _load_new(ref)
     _notify()
+    return _for_pair(loaded, ref)
+
+
+def _load_new(ref: CheckpointRef) -> LoadedModel:
+    path = ref.path
+    if path is None:
+        path = _checkpoint_or_download(ref.source, ref.target)
+    _evict_for(get_settings().max_loaded_models - 1)
+    loaded = _load_from_disk(ref.name, ref.source, ref.target, path)
+    loaded.target_token = ref.target_token
+    with _registry_lock:
+        _loaded[ref.name] = loaded
     return loaded
+
+
+def _for_pair(loaded: LoadedModel, ref: CheckpointRef) -> LoadedModel:
+    same_pair = (loaded.source, loaded.target) == (ref.source, ref.target)
+    if same_pair and loaded.target_token == ref.target_token:
+        return loaded
+    return replace(
+        loaded, source=ref.source, target=ref.target, target_token=ref.target_token
+    )
 
 
 def unload_all() -> None:
@@ -531,7 +840,8 @@ def _format_size(size: int) -> str:
 
 def _command_list(args: argparse.Namespace) -> int:
     for source, target in served_pairs():
-        path = local_checkpoint(source, target)
+        ref = find_checkpoint(source, target)
+        path = ref.path if ref is not None else None
         if path is None:
             print(f"{source}-{target}\tmissing\t-\t-")
         else:
@@ -577,7 +887,8 @@ def _command_download(args: argparse.Namespace) -> int:
 def _verify_checkpoint(source: str, target: str) -> bool:
     from transformers import MarianConfig
 
-    path = local_checkpoint(source, target)
+    ref = find_checkpoint(source, target)
+    path = ref.path if ref is not None else None
     if path is None:
         print(f"{source}-{target}\tFAILED\t{model_not_available(source, target)}")
         return False

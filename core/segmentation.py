@@ -1,8 +1,9 @@
 """Split text into model-sized pieces and join their translations back.
 
 Every character of the input lands in exactly one ``Segment``. Line breaks,
-blank lines and the whitespace around sentences become untranslated segments,
-so ``"".join(segment.text for segment in split_text(...))`` is the input.
+blank lines, the whitespace around sentences and pieces without words (numbers,
+punctuation, codes such as ``Q-7``) become untranslated segments, so
+``"".join(segment.text for segment in split_text(...))`` is the input.
 Sentences come from ``sentencex``; a sentence that is still over the token
 limit is cut at whitespace, then after punctuation, then between characters.
 """
@@ -21,19 +22,30 @@ logger = logging.getLogger(__name__)
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _WHITESPACE_RUN = re.compile(r"\s+")
+# Two or more consecutive Unicode letters: no digits, underscores or marks.
+_LETTER_RUN = re.compile(r"[^\W\d_]{2,}")
 
 
 @dataclass(frozen=True)
 class Segment:
     """A piece of the input: sent to the model when ``translate`` is True.
 
-    Translated segments have no leading or trailing whitespace. Untranslated
-    ones (line breaks, spaces between sentences) are copied to the output
-    verbatim.
+    Translated segments have no leading or trailing whitespace and contain a
+    run of two or more letters. Untranslated ones (line breaks, spaces between
+    sentences, numbers and codes) are copied to the output verbatim.
     """
 
     text: str
     translate: bool
+
+
+def has_letters(text: str) -> bool:
+    """Return True when ``text`` contains a run of two or more Unicode letters.
+
+    Pieces without one, such as ``12.5``, ``A4``, ``Q-7`` or ``---``, have
+    nothing to translate and are copied to the output instead.
+    """
+    return _LETTER_RUN.search(text) is not None
 
 
 def split_text(
@@ -47,6 +59,8 @@ def split_text(
     ``count_tokens`` returns the model's token count of a piece.
     Joining all segment texts gives back ``text`` exactly. A single character
     that alone counts more than ``max_tokens`` is still kept as one piece.
+    A piece without a run of two letters (see ``has_letters``) is marked
+    ``translate=False``.
     """
     language = source_lang.replace("_", "-").split("-", 1)[0].lower()
     segments: list[Segment] = []
@@ -65,6 +79,11 @@ def split_text(
                 _append_trimmed(piece, result)
         else:
             result.append(segment)
+
+    result = [
+        segment if has_letters(segment.text) else Segment(segment.text, False)
+        for segment in result
+    ]
     return _merge_untranslated(result)
 
 

@@ -2,16 +2,21 @@
 
 Texts are split into sentences that fit the model's input limit, identical
 pieces are translated once, and pieces of similar token length share a batch
-so little padding is computed. torch is imported only inside the functions
-that run the model, so importing this module stays light.
+so little padding is computed. Each piece's output limit depends only on its
+own length bucket, and a batch holds pieces of one bucket, so a text
+translates to the same tokens alone and inside any batch. torch is imported
+only inside the functions that run the model, so importing this module stays
+light.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from core.config import Settings, get_settings
@@ -24,6 +29,46 @@ logger = logging.getLogger(__name__)
 # tokens of the text alone.
 EOS_MARGIN = 1
 
+# Input lengths are rounded up to a multiple of this many tokens before the
+# output limit is computed, and a batch holds inputs of one rounded length.
+LENGTH_BUCKET = 8
+
+# Defaults for the settings of the same names. An n-gram of this many output
+# tokens is never generated twice, which ends loops such as "la la la ...".
+# NOTE: this also blocks a legitimate repeat of 8 tokens within one sentence,
+# such as a long name or number written twice; set 0 to turn it off.
+NO_REPEAT_NGRAM_SIZE = 8
+# 1.0 is off. transformers divides the logit of every token already in the
+# output by this value, which also penalises the articles, punctuation and
+# digits that a correct translation repeats.
+REPETITION_PENALTY = 1.0
+
+# A batch is rescored in chunks of rows whose float32 logits, rows × output
+# length × vocabulary size × 4 bytes, stay within this many bytes. Peak memory
+# is about twice this, because log_softmax writes a tensor of the same size.
+RESCORE_MAX_LOGIT_BYTES = 256 * 1024 * 1024
+
+_TARGET_TOKEN = re.compile(r">>\w+<<")
+
+
+@dataclass(frozen=True)
+class ScoredTranslation:
+    """A translation with the model's confidence in it.
+
+    ``score`` is the exponent of the mean log-probability per generated
+    token, in (0, 1], or None for a text that never reached the model.
+    """
+
+    text: str
+    score: float | None
+
+
+@dataclass(frozen=True)
+class _PieceOutput:
+    text: str
+    log_probability: float
+    tokens: int
+
 
 def generation_settings(settings: Settings | None = None) -> dict[str, Any]:
     """Return the generation settings that change the output for a given input."""
@@ -32,7 +77,20 @@ def generation_settings(settings: Settings | None = None) -> dict[str, Any]:
         "num_beams": settings.num_beams,
         "max_new_tokens_ratio": settings.max_new_tokens_ratio,
         "max_new_tokens_extra": settings.max_new_tokens_extra,
+        "length_bucket": LENGTH_BUCKET,
+        "no_repeat_ngram_size": no_repeat_ngram_size(settings),
+        "repetition_penalty": repetition_penalty(settings),
     }
+
+
+def no_repeat_ngram_size(settings: Settings) -> int:
+    """Return ``NO_REPEAT_NGRAM_SIZE`` from the settings, else the default."""
+    return int(getattr(settings, "no_repeat_ngram_size", NO_REPEAT_NGRAM_SIZE))
+
+
+def repetition_penalty(settings: Settings) -> float:
+    """Return ``REPETITION_PENALTY`` from the settings, else the default."""
+    return float(getattr(settings, "repetition_penalty", REPETITION_PENALTY))
 
 
 def translate_texts(
@@ -40,12 +98,40 @@ def translate_texts(
 ) -> list[str]:
     """Translate each text and return the outputs in input order.
 
-    Empty and whitespace-only texts are returned unchanged without reaching
-    the model. Line breaks and the whitespace between sentences are kept as
-    they are in the input.
+    Empty texts and texts without words are returned unchanged without
+    reaching the model. Line breaks and the whitespace between sentences are
+    kept as they are in the input.
     """
+    results = _translate(loaded, texts, source_lang, None, scored=False)
+    return [result.text for result in results]
+
+
+def translate_texts_scored(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    source_lang: str,
+    target_token: str | None = None,
+) -> list[ScoredTranslation]:
+    """Translate each text and score it, in input order.
+
+    ``target_token`` (such as ``>>es<<``) is put before every piece that does
+    not start with one; it defaults to ``loaded.target_token``. The score of
+    a text of several pieces is the exponent of the mean log-probability
+    over all their generated tokens, so longer pieces weigh more.
+    """
+    return _translate(loaded, texts, source_lang, target_token, scored=True)
+
+
+def _translate(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    source_lang: str,
+    target_token: str | None,
+    scored: bool,
+) -> list[ScoredTranslation]:
     settings = get_settings()
-    limit = loaded.max_input_tokens - EOS_MARGIN
+    token = target_token if target_token is not None else loaded.target_token
+    limit = loaded.max_input_tokens - EOS_MARGIN - (1 if token else 0)
 
     def count_tokens(text: str) -> int:
         return len(loaded.tokenizer.tokenize(text))
@@ -63,35 +149,66 @@ def translate_texts(
             if segment.translate
         )
     )
-    translated = _translate_pieces(loaded, pieces, settings)
+    translated = _translate_pieces(loaded, pieces, token, settings, scored)
 
-    results = list(texts)
+    results = [ScoredTranslation(text, None) for text in texts]
     for index, segments in plans.items():
         outputs = [
             translated[segment.text] for segment in segments if segment.translate
         ]
-        results[index] = join_segments(segments, outputs)
+        text = join_segments(segments, [output.text for output in outputs])
+        results[index] = ScoredTranslation(text, _combined_score(outputs, scored))
     return results
 
 
+def _combined_score(outputs: list[_PieceOutput], scored: bool) -> float | None:
+    tokens = sum(output.tokens for output in outputs)
+    if not scored or tokens == 0:
+        return None
+    log_probability = sum(output.log_probability for output in outputs)
+    return math.exp(log_probability / tokens)
+
+
+def with_target_token(piece: str, target_token: str | None) -> str:
+    """Put ``target_token`` before ``piece`` unless it starts with such a token."""
+    if target_token is None or _TARGET_TOKEN.match(piece):
+        return piece
+    return f"{target_token} {piece}"
+
+
+def strip_target_tokens(text: str) -> str:
+    """Remove every ``>>xx<<`` token from a decoded output."""
+    if ">>" not in text:
+        return text
+    parts = [part.strip() for part in _TARGET_TOKEN.split(text)]
+    return " ".join(part for part in parts if part)
+
+
 def _translate_pieces(
-    loaded: LoadedModel, pieces: list[str], settings: Settings
-) -> dict[str, str]:
+    loaded: LoadedModel,
+    pieces: list[str],
+    target_token: str | None,
+    settings: Settings,
+    scored: bool,
+) -> dict[str, _PieceOutput]:
     """Translate distinct pieces and return a mapping from piece to output."""
     if not pieces:
         return {}
 
     started = time.perf_counter()
-    lengths = [len(ids) for ids in loaded.tokenizer(pieces)["input_ids"]]
+    inputs = [with_target_token(piece, target_token) for piece in pieces]
+    lengths = [len(ids) for ids in loaded.tokenizer(inputs)["input_ids"]]
     batches = plan_batches(
         lengths, settings.batch_token_budget, settings.max_batch_size
     )
-    translated: dict[str, str] = {}
+    translated: dict[str, _PieceOutput] = {}
     for batch in batches:
-        texts = [pieces[index] for index in batch]
-        longest = max(lengths[index] for index in batch)
-        outputs = _generate(loaded, texts, longest, settings)
-        translated.update(zip(texts, outputs, strict=True))
+        bucket = length_bucket(lengths[batch[0]])
+        outputs = _generate(
+            loaded, [inputs[index] for index in batch], bucket, settings, scored
+        )
+        for index, output in zip(batch, outputs, strict=True):
+            translated[pieces[index]] = output
 
     logger.debug(
         "Translated %d pieces in %d batches with %s in %.3f s",
@@ -103,14 +220,20 @@ def _translate_pieces(
     return translated
 
 
+def length_bucket(input_tokens: int) -> int:
+    """Round an input length up to a multiple of ``LENGTH_BUCKET``."""
+    return max(1, math.ceil(input_tokens / LENGTH_BUCKET)) * LENGTH_BUCKET
+
+
 def plan_batches(
     lengths: Sequence[int], token_budget: int, max_batch_size: int
 ) -> list[list[int]]:
     """Group item indices into batches, longest items first.
 
-    A batch contains at most ``max_batch_size`` items, and its item count times
-    its longest length stays within ``token_budget``. An item longer than the
-    budget gets a batch of its own.
+    All items of a batch share one ``length_bucket``. A batch contains at most
+    ``max_batch_size`` items, and its item count times its longest length
+    stays within ``token_budget``. An item longer than the budget gets a
+    batch of its own.
     """
     order = sorted(range(len(lengths)), key=lambda index: -lengths[index])
     batches: list[list[int]] = []
@@ -119,7 +242,11 @@ def plan_batches(
         # Items come longest first, so the first item sets the padded length.
         longest = lengths[current[0]] if current else lengths[index]
         full = len(current) >= max_batch_size
-        if current and (full or (len(current) + 1) * longest > token_budget):
+        over_budget = (len(current) + 1) * longest > token_budget
+        new_bucket = bool(current) and length_bucket(lengths[index]) != length_bucket(
+            longest
+        )
+        if current and (full or over_budget or new_bucket):
             batches.append(current)
             current = []
         current.append(index)
@@ -128,42 +255,147 @@ def plan_batches(
     return batches
 
 
-def max_new_tokens(loaded: LoadedModel, longest_input: int, settings: Settings) -> int:
-    """Return the output token limit for a batch whose longest input is given.
+def max_new_tokens(loaded: LoadedModel, input_tokens: int, settings: Settings) -> int:
+    """Return the output token limit for an input of ``input_tokens`` tokens.
 
-    The limit grows with the input, and never passes the model's position
-    limit, which opus-mt checkpoints share between encoder and decoder.
+    The limit grows with the input's ``length_bucket``, so it is the same for
+    every input of one batch, and never passes the model's position limit,
+    which opus-mt checkpoints share between encoder and decoder.
     """
-    # NOTE: the limit follows the longest input of the batch, so an output
-    # that reaches it without an EOS token can be longer in a batch than when
-    # its input is translated alone.
     from_input = (
-        math.ceil(longest_input * settings.max_new_tokens_ratio)
+        math.ceil(length_bucket(input_tokens) * settings.max_new_tokens_ratio)
         + settings.max_new_tokens_extra
     )
     return min(loaded.max_input_tokens, from_input)
 
 
 def _generate(
-    loaded: LoadedModel, texts: list[str], longest: int, settings: Settings
-) -> list[str]:
+    loaded: LoadedModel,
+    texts: list[str],
+    bucket: int,
+    settings: Settings,
+    scored: bool,
+) -> list[_PieceOutput]:
     import torch
+    from transformers.modeling_outputs import BaseModelOutput
 
     started = time.perf_counter()
     inputs = loaded.tokenizer(
         texts, return_tensors="pt", padding="longest", truncation=False
     ).to(loaded.device)
     with torch.inference_mode():
-        output_ids = loaded.model.generate(
+        # The encoder runs once here, so rescoring can reuse its output.
+        encoder_states = loaded.model.get_encoder()(
+            **inputs, return_dict=True
+        ).last_hidden_state
+        # generate repeats the encoder output for beam search inside the object
+        # it receives, so it gets an object of its own.
+        sequences = loaded.model.generate(
             **inputs,
-            max_new_tokens=max_new_tokens(loaded, longest, settings),
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states),
+            max_new_tokens=max_new_tokens(loaded, bucket, settings),
             num_beams=settings.num_beams,
+            no_repeat_ngram_size=no_repeat_ngram_size(settings),
+            repetition_penalty=repetition_penalty(settings),
         )
-    outputs = loaded.tokenizer.batch_decode(output_ids, skip_special_tokens=True)
+        decoded = loaded.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        if scored:
+            sums, counts = score_sequences(
+                loaded,
+                inputs["attention_mask"],
+                sequences,
+                encoder_states=encoder_states,
+            )
+        else:
+            sums, counts = [0.0] * len(texts), [0] * len(texts)
+
     logger.debug(
-        "Generated a batch of %d pieces, %d tokens long, in %.3f s",
+        "Generated a batch of %d pieces, bucket of %d tokens, in %.3f s",
         len(texts),
-        longest,
+        bucket,
         time.perf_counter() - started,
     )
-    return list(outputs)
+    return [
+        _PieceOutput(strip_target_tokens(text), total, count)
+        for text, total, count in zip(decoded, sums, counts, strict=True)
+    ]
+
+
+def score_sequences(
+    loaded: LoadedModel,
+    attention_mask: Any,
+    sequences: Any,
+    *,
+    input_ids: Any = None,
+    encoder_states: Any = None,
+) -> tuple[list[float], list[int]]:
+    """Sum the log-probability of each row's output tokens, and count them.
+
+    ``sequences`` are generate's outputs, which start with the decoder start
+    token. A teacher-forced forward pass returns the model's own probability
+    of each token, before any logits processor of generate changed it. The
+    tokens up to and including the first EOS count, and pad tokens never
+    count. The encoder runs on ``input_ids`` unless ``encoder_states``, its
+    last hidden state for these rows, is given.
+    """
+    import torch
+    from transformers.modeling_outputs import BaseModelOutput
+
+    model = loaded.model
+    with torch.inference_mode():
+        if encoder_states is None:
+            encoder_states = model.get_encoder()(
+                input_ids=input_ids, attention_mask=attention_mask, return_dict=True
+            ).last_hidden_state
+        decoder_input_ids = sequences[:, :-1]
+        labels = sequences[:, 1:]
+        mask = _counted_tokens(loaded, labels)
+        chunk_rows = rescore_chunk_rows(
+            labels.shape[1], model.get_output_embeddings().weight.shape[0]
+        )
+
+        sums = []
+        for start in range(0, labels.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            logits = model(
+                attention_mask=attention_mask[rows],
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states[rows]),
+                decoder_input_ids=decoder_input_ids[rows],
+                use_cache=False,
+            ).logits
+            # Each chunk's logits are freed before the next chunk's forward pass.
+            log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+            del logits
+            chosen = log_probs.gather(-1, labels[rows, :, None]).squeeze(-1)
+            del log_probs
+            sums.append(torch.where(mask[rows], chosen, 0.0).sum(dim=1))
+
+        totals = torch.cat(sums) if sums else torch.zeros(0)
+        counts = mask.sum(dim=1)
+    return [float(value) for value in totals], [int(value) for value in counts]
+
+
+def rescore_chunk_rows(steps: int, vocab_size: int) -> int:
+    """Return how many rows one rescoring forward pass may take.
+
+    The float32 logits of a chunk, rows × steps × vocab_size × 4 bytes, stay
+    within ``RESCORE_MAX_LOGIT_BYTES``, except that a chunk always takes at
+    least one row.
+    """
+    row_bytes = max(1, steps * vocab_size * 4)
+    return max(1, RESCORE_MAX_LOGIT_BYTES // row_bytes)
+
+
+def _counted_tokens(loaded: LoadedModel, labels: Any) -> Any:
+    """Return a boolean mask of the output tokens that a score counts."""
+    import torch
+
+    config = loaded.model.generation_config
+    eos = config.eos_token_id
+    eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos])
+    is_eos = torch.isin(labels, eos_ids.to(labels.device))
+    # A position counts when no EOS came before it, the first EOS included.
+    before_eos = torch.cumsum(is_eos, dim=1) - is_eos.long() == 0
+    if config.pad_token_id is None:
+        return before_eos
+    return before_eos & (labels != config.pad_token_id)

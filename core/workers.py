@@ -29,6 +29,7 @@ HEARTBEAT_INTERVAL = 5.0
 HEARTBEAT_TTL = 15
 MODELS_TTL = 3600
 FINGERPRINT_TTL = 7 * 24 * 3600
+FINGERPRINT_REPUBLISH_SECONDS = 60.0
 WORKER_PREFIX = "mt:worker:"
 MODELS_PREFIX = "mt:models:"
 FINGERPRINT_PREFIX = "mt:fingerprint:"
@@ -121,6 +122,23 @@ def publish_fingerprint(source: str, target: str, fingerprint: str) -> None:
         logger.warning(
             "Could not publish the fingerprint of %s-%s: %s", source, target, error
         )
+
+
+_published_at: dict[tuple[str, str, str], float] = {}
+
+
+def publish_fingerprint_throttled(source: str, target: str, fingerprint: str) -> None:
+    """Publish a fingerprint at most once per ``FINGERPRINT_REPUBLISH_SECONDS``.
+
+    Republishing now and then lets front ends relearn it after Redis lost data.
+    """
+    marker = (source, target, fingerprint)
+    now = time.monotonic()
+    last = _published_at.get(marker)
+    if last is not None and now - last < FINGERPRINT_REPUBLISH_SECONDS:
+        return
+    publish_fingerprint(source, target, fingerprint)
+    _published_at[marker] = now
 
 
 def published_fingerprint(source: str, target: str) -> str | None:

@@ -21,7 +21,9 @@ from core.config import PROJECT_ROOT, reset_settings
 from tests.helpers import SERVICE_ENV_VARS, RedisServer, wait_for
 from tests.make_tiny_model import build_tiny_model
 
-TINY_PAIRS = (("en", "es"), ("es", "en"), ("en", "de"))
+TINY_PAIRS = (("en", "es"), ("es", "en"), ("en", "de"), ("de", "en"), ("en", "fr"))
+# A multi-target checkpoint: en-it and en-pt are served only through it.
+TINY_MULTI_TARGET = ("en", "ROMANCE", ("es", "fr", "it", "pt"))
 WORKER_START_TIMEOUT = 90.0
 WORKER_NAME = "testworker@127.0.0.1"
 
@@ -41,10 +43,12 @@ def _reset_process_state() -> None:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A MODEL_DIR holding tiny random-weight checkpoints for TINY_PAIRS."""
+    """A MODEL_DIR with tiny random-weight checkpoints: TINY_PAIRS and ROMANCE."""
     model_dir = tmp_path_factory.mktemp("models")
     for source, target in TINY_PAIRS:
         build_tiny_model(model_dir, source, target)
+    source, group, targets = TINY_MULTI_TARGET
+    build_tiny_model(model_dir, source, group, target_tokens=targets)
     return model_dir
 
 

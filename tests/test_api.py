@@ -194,10 +194,28 @@ def test_health_503_when_redis_down(offline_client: FlaskClient) -> None:
 @pytest.mark.unit
 def test_languages_lists_served_pairs(offline_client: FlaskClient) -> None:
     body = offline_client.get("/api/languages").get_json()
-    pairs = {(pair["source_lang"], pair["target_lang"]) for pair in body["pairs"]}
-    assert pairs == {("en", "es"), ("es", "en"), ("en", "de")}
+    by_pair = {
+        (pair["source_lang"], pair["target_lang"]): pair for pair in body["pairs"]
+    }
+    direct = {("en", "es"), ("es", "en"), ("en", "de"), ("de", "en"), ("en", "fr")}
+    multi_target = {("en", "it"), ("en", "pt")}
+    pivots = {
+        (source, target)
+        for source in ("es", "de")
+        for target in ("es", "de", "fr", "it", "pt")
+        if source != target
+    }
+    assert set(by_pair) == direct | multi_target | pivots
+    assert by_pair[("en", "es")]["pivot"] is None
+    assert by_pair[("en", "es")]["model"] == "opus-mt-en-es"
+    assert by_pair[("en", "it")]["model"] == "opus-mt-en-ROMANCE"
+    assert by_pair[("en", "it")]["pivot"] is None
+    assert by_pair[("es", "de")]["pivot"] == "en"
+    assert by_pair[("es", "de")]["models"] == ["opus-mt-es-en", "opus-mt-en-de"]
     names = {language["code"]: language["name"] for language in body["languages"]}
-    assert names == {"en": "English", "es": "Spanish", "de": "German"}
+    assert names["de"] == "German"
+    assert names["it"] == "Italian"
+    assert set(names) == {"en", "es", "de", "fr", "it", "pt"}
 
 
 @pytest.mark.integration
@@ -401,19 +419,19 @@ class TestLiveStack:
         self, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A pair the API serves but no worker has a checkpoint for."""
-        monkeypatch.setenv("LANGUAGE_PAIRS", "en-es,es-en,en-de,en-fr")
+        monkeypatch.setenv("LANGUAGE_PAIRS", "en-es,es-en,en-de,en-nl")
         reset_settings()
         started = time.monotonic()
         response = client.post(
             "/api/translate",
             json={
-                "text": f"x {time.time_ns()}",
+                "text": f"hello {time.time_ns()}",
                 "source_lang": "en",
-                "target_lang": "fr",
+                "target_lang": "nl",
             },
         )
         assert time.monotonic() - started < 30
-        body = assert_json_error(response, 503, "en-fr")
+        body = assert_json_error(response, 503, "en-nl")
         assert body["code"] == "model_not_available"
-        assert "opus-mt-en-fr" in body["error"]
-        assert "python -m core.models download en fr" in body["error"]
+        assert "opus-mt-en-nl" in body["error"]
+        assert "python -m core.models download en nl" in body["error"]

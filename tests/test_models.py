@@ -18,8 +18,11 @@ import core.models
 from core.config import DEFAULT_PAIRS, PROJECT_ROOT, Settings, reset_settings
 from core.errors import InvalidRequest, ModelNotAvailable, UnsupportedLanguagePair
 from core.models import (
+    CheckpointRef,
     checkpoint_fingerprint,
     checkpoint_name,
+    checkpoint_targets,
+    find_checkpoint,
     fingerprint_for_pair,
     hub_id,
     load_model,
@@ -28,9 +31,12 @@ from core.models import (
     main,
     on_model_change,
     resolve_pair,
+    resolve_route,
     served_pairs,
+    served_routes,
     unload_all,
 )
+from tests.make_tiny_model import build_tiny_model
 
 pytestmark = [
     pytest.mark.unit,
@@ -74,9 +80,13 @@ def use_env(monkeypatch: pytest.MonkeyPatch, **values: str | Path) -> None:
     reset_settings()
 
 
-def make_fake_checkpoint(folder: Path) -> Path:
+def make_fake_checkpoint(folder: Path, target_tokens: tuple[str, ...] = ()) -> Path:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text('{"model_type": "marian"}')
+    if target_tokens:
+        tokens = ["</s>", "<unk>", *target_tokens, "▁the", "<pad>"]
+        vocab = {token: index for index, token in enumerate(tokens)}
+        (folder / "vocab.json").write_text(json.dumps(vocab))
     return folder
 
 
@@ -187,7 +197,7 @@ def test_local_checkpoint_in_model_dir(
     use_env(monkeypatch, MODEL_DIR=tiny_model_dir)
 
     assert local_checkpoint("en", "es") == tiny_model_dir / "opus-mt-en-es"
-    assert local_checkpoint("en", "fr") is None
+    assert local_checkpoint("en", "nl") is None
 
 
 def write_hub_cache(cache: Path, repo_folder: str, revision: str) -> Path:
@@ -271,7 +281,7 @@ def test_fingerprint_for_pair(
 
     assert fingerprint_for_pair("en", "de") == expected
     assert fingerprint_for_pair("en", "es") != expected
-    assert fingerprint_for_pair("en", "fr") is None
+    assert fingerprint_for_pair("en", "nl") is None
 
 
 # Loading.
@@ -450,14 +460,14 @@ def test_import_stays_light() -> None:
 def test_cli_list(tiny_model_dir: Path) -> None:
     result = run_cli(
         "list",
-        env={"MODEL_DIR": str(tiny_model_dir), "LANGUAGE_PAIRS": "en-es,en-fr"},
+        env={"MODEL_DIR": str(tiny_model_dir), "LANGUAGE_PAIRS": "en-es,en-nl"},
     )
     rows = [line.split("\t") for line in result.stdout.splitlines()]
 
     assert result.returncode == 0, result.stderr
     assert [row[:3] for row in rows] == [
         ["en-es", "local", str(tiny_model_dir / "opus-mt-en-es")],
-        ["en-fr", "missing", "-"],
+        ["en-nl", "missing", "-"],
     ]
     assert rows[0][3].endswith("KiB")
 
@@ -467,7 +477,7 @@ def test_cli_verify(tiny_model_dir: Path) -> None:
 
     result = run_cli(
         "verify",
-        env={"MODEL_DIR": str(tiny_model_dir), "LANGUAGE_PAIRS": "en-es,en-fr"},
+        env={"MODEL_DIR": str(tiny_model_dir), "LANGUAGE_PAIRS": "en-es,en-nl"},
     )
     lines = result.stdout.splitlines()
 
@@ -478,7 +488,7 @@ def test_cli_verify(tiny_model_dir: Path) -> None:
         str(tiny_model_dir / "opus-mt-en-es"),
         fingerprint,
     ]
-    assert lines[1].startswith("en-fr\tFAILED\t")
+    assert lines[1].startswith("en-nl\tFAILED\t")
 
 
 def test_cli_download_refused_offline(tmp_path: Path) -> None:
@@ -543,3 +553,129 @@ def test_cli_rejects_invalid_code(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert status == 2
     assert "source_lang" in capsys.readouterr().err
+
+
+# Multi-target checkpoints and routes.
+
+
+def test_checkpoint_targets_normalized(tmp_path: Path) -> None:
+    tokens = (">>es<<", ">>pt_br<<", ">>fra<<", ">>zho_Hans<<", ">>es_AR<<", ">>x<<")
+    folder = make_fake_checkpoint(tmp_path / "opus-mt-en-ROMANCE", tokens)
+
+    assert checkpoint_targets(folder) == ["es", "es-AR", "fr", "pt-BR"]
+    assert checkpoint_targets(make_fake_checkpoint(tmp_path / "plain")) == []
+
+
+def test_multi_target_pairs_discovered(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    romance = make_fake_checkpoint(
+        tmp_path / "opus-mt-en-ROMANCE", (">>es<<", ">>fr<<", ">>it<<")
+    )
+    make_fake_checkpoint(tmp_path / "opus-mt-en-es")
+    make_fake_checkpoint(tmp_path / "opus-mt-tc-big-en-romance", (">>ro<<", ">>fr<<"))
+    make_fake_checkpoint(tmp_path / "opus-mt-tc-big-de-nl")
+    use_env(monkeypatch, MODEL_DIR=tmp_path)
+
+    direct = find_checkpoint("en", "es")
+    grouped = find_checkpoint("en", "fr")
+
+    assert served_pairs() == [
+        ("de", "nl"),
+        ("en", "es"),
+        ("en", "fr"),
+        ("en", "it"),
+        ("en", "ro"),
+    ]
+    assert direct == CheckpointRef(
+        "opus-mt-en-es", "en", "es", tmp_path / "opus-mt-en-es", None
+    )
+    assert grouped == CheckpointRef("opus-mt-en-ROMANCE", "en", "fr", romance, ">>fr<<")
+    assert find_checkpoint("en", "ro") is not None
+    assert find_checkpoint("en", "ro").target_token == ">>ro<<"  # type: ignore[union-attr]
+    assert find_checkpoint("de", "nl").target_token is None  # type: ignore[union-attr]
+    assert find_checkpoint("en", "pt") is None
+    assert fingerprint_for_pair("en", "it") == checkpoint_fingerprint(romance)
+
+
+def test_unsupported_target_names_checkpoint(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    make_fake_checkpoint(tmp_path / "opus-mt-en-ROMANCE", (">>es<<", ">>fr<<"))
+    use_env(monkeypatch, MODEL_DIR=tmp_path)
+
+    with pytest.raises(UnsupportedLanguagePair) as caught:
+        resolve_pair("en", "de")
+
+    assert "en-de" in caught.value.message
+    assert "opus-mt-en-ROMANCE serves en to es, fr, but not de." in caught.value.message
+
+
+def test_multi_target_shares_one_model(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    build_tiny_model(tmp_path, "en", "ROMANCE", target_tokens=["es", "fr"])
+    use_env(monkeypatch, MODEL_DIR=tmp_path)
+
+    spanish = load_model("en", "es")
+    french = load_model("en", "fr")
+
+    assert loaded_models() == ["opus-mt-en-ROMANCE"]
+    assert spanish.model is french.model
+    assert (spanish.target, spanish.target_token) == ("es", ">>es<<")
+    assert (french.target, french.target_token) == ("fr", ">>fr<<")
+    assert load_model("en", "es").target_token == ">>es<<"
+
+
+@pytest.fixture(scope="module")
+def pivot_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model_dir = tmp_path_factory.mktemp("pivot-models")
+    build_tiny_model(model_dir, "de", "en")
+    build_tiny_model(model_dir, "en", "fr")
+    return model_dir
+
+
+def test_resolve_route_hops(
+    monkeypatch: pytest.MonkeyPatch, pivot_model_dir: Path
+) -> None:
+    use_env(monkeypatch, MODEL_DIR=pivot_model_dir)
+
+    two_hops = resolve_route("de", "FR")
+    one_hop = resolve_route("de-AT", "en")
+
+    assert [(ref.name, ref.source, ref.target) for ref in two_hops] == [
+        ("opus-mt-de-en", "de", "en"),
+        ("opus-mt-en-fr", "en", "fr"),
+    ]
+    assert two_hops[0].path == pivot_model_dir / "opus-mt-de-en"
+    assert [ref.name for ref in one_hop] == ["opus-mt-de-en"]
+    with pytest.raises(UnsupportedLanguagePair) as caught:
+        resolve_route("fr", "de")
+    assert "de-en, en-fr" in caught.value.message
+
+
+def test_served_routes_include_pivot(
+    monkeypatch: pytest.MonkeyPatch, pivot_model_dir: Path
+) -> None:
+    use_env(monkeypatch, MODEL_DIR=pivot_model_dir)
+
+    assert served_routes() == [
+        {
+            "source_lang": "de",
+            "target_lang": "en",
+            "models": ["opus-mt-de-en"],
+            "pivot": None,
+        },
+        {
+            "source_lang": "de",
+            "target_lang": "fr",
+            "models": ["opus-mt-de-en", "opus-mt-en-fr"],
+            "pivot": "en",
+        },
+        {
+            "source_lang": "en",
+            "target_lang": "fr",
+            "models": ["opus-mt-en-fr"],
+            "pivot": None,
+        },
+    ]

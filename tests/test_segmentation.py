@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.segmentation import Segment, join_segments, split_text
+from core.segmentation import Segment, has_letters, join_segments, split_text
 
 pytestmark = pytest.mark.unit
 
@@ -80,6 +80,19 @@ HARD_CASES = [
         ["« Bonjour ! » dit-il.", " ", "Puis il partit."],
     ),
     ("pt-BR", "Olá. Tudo bem?", ["Olá.", " ", "Tudo bem?"]),
+    ("en", "Dr. Smith is here. Ok.", ["Dr. Smith is here.", " ", "Ok."]),
+    ("en", "Try e.g. this one. Ok.", ["Try e.g. this one.", " ", "Ok."]),
+    ("en", "The U.S. policy changed. Why?", ["The U.S. policy changed.", " ", "Why?"]),
+    ("en", "It costs 3.50 now. Good.", ["It costs 3.50 now.", " ", "Good."]),
+    ("en", "Wait... what? Yes.", ["Wait... what?", " ", "Yes."]),
+    ("en", 'He said "Stop." Then left.', ['He said "Stop."', " ", "Then left."]),
+    (
+        "en",
+        "see https://example.com/a.b?x=1. Next",
+        ["see https://example.com/a.b?x=1.", " ", "Next"],
+    ),
+    ("en", "\r\n\r\nHi.\r\n", ["\r\n\r\n", "Hi.", "\r\n"]),
+    ("en", "\tHi there. \n", ["\t", "Hi there.", " \n"]),
 ]
 
 
@@ -88,6 +101,7 @@ def test_split_hard_cases(language: str, text: str, expected: list[str]) -> None
     segments = split_text(text, language, count_words, max_tokens=100)
 
     assert texts_of(segments) == expected
+    assert "".join(texts_of(segments)) == text
     for segment in segments:
         assert segment.translate == (segment.text.strip() != "")
 
@@ -158,12 +172,46 @@ def test_combining_mark_stays_with_letter() -> None:
 
 
 def test_character_over_limit_kept_whole() -> None:
-    def count_double(text: str) -> int:
-        return 2 * len(text)
+    def count_heavy_e(text: str) -> int:
+        return 5 * text.count("é")
 
-    segments = split_text("abc", "en", count_double, max_tokens=1)
+    segments = split_text("abécd", "en", count_heavy_e, max_tokens=3)
 
-    assert texts_of(segments) == ["a", "b", "c"]
+    assert texts_of(segments) == ["ab", "é", "cd"]
+    assert [segment.translate for segment in segments] == [True, False, True]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("12.5", False),
+        ("A4", False),
+        ("Q-7", False),
+        ("---", False),
+        ("x_y", False),
+        ("I.", False),
+        ("OK", True),
+        ("Hi!", True),
+        ("Ünïcode", True),
+        ("日本", True),
+        ("кот", True),
+        ("3 km", True),
+    ],
+)
+def test_has_letters(text: str, expected: bool) -> None:
+    assert has_letters(text) is expected
+
+
+def test_pieces_without_letters_untranslated() -> None:
+    text = "Total: 12.5 kg. 3.50 / A4. --- Q-7\nDone."
+
+    segments = split_text(text, "en", count_words, max_tokens=100)
+
+    assert [segment.text for segment in segments if segment.translate] == [
+        "Total: 12.5 kg.",
+        "Done.",
+    ]
+    assert "".join(texts_of(segments)) == text
 
 
 def is_one_character(text: str) -> bool:
@@ -192,7 +240,7 @@ def test_join_own_texts_is_identity(pieces: list[str], max_tokens: int) -> None:
     for segment in segments:
         if segment.translate:
             assert segment.text == segment.text.strip()
-            assert segment.text != ""
+            assert has_letters(segment.text)
             assert len(segment.text) <= max_tokens or is_one_character(segment.text)
         else:
-            assert segment.text.isspace()
+            assert segment.text != ""

@@ -94,8 +94,10 @@ class TestTaskBodies:
         import tasks
         from core.errors import ModelNotAvailable
 
-        result = tasks.translate_text.apply(args=["Hello", "en", "fr"])
-        with pytest.raises(ModelNotAvailable, match="en-fr"):
+        eager_env.setenv("LANGUAGE_PAIRS", "en-es,en-nl")
+        reset_settings()
+        result = tasks.translate_text.apply(args=["Hello", "en", "nl"])
+        with pytest.raises(ModelNotAvailable, match="en-nl"):
             result.get()
 
 
@@ -151,7 +153,10 @@ class TestLiveWorker:
         items = dispatch.translate_sync([text], "en", "es")
         assert items[0]["cached"] is False
 
-        context = dispatch.front_end_key_context("en", "es")
+        from core.pipeline import Pipeline
+
+        route = models.resolve_route("en", "es")
+        context = Pipeline(worker=False)._context(route)
         assert context is not None
         key = context.key(text, {})
         client = redis.Redis.from_url(live_stack["REDIS_URL"])

@@ -13,7 +13,11 @@ from core.config import Settings, get_settings, reset_settings
 from core.models import LoadedModel, load_model, unload_all
 from core.segmentation import join_segments, split_text
 from core.translator import (
+    LENGTH_BUCKET,
+    NO_REPEAT_NGRAM_SIZE,
+    REPETITION_PENALTY,
     generation_settings,
+    length_bucket,
     max_new_tokens,
     plan_batches,
     translate_texts,
@@ -131,15 +135,12 @@ def token_ids(loaded: LoadedModel, text: str) -> tuple[int, ...]:
 def test_one_output_per_input_in_order(
     monkeypatch: pytest.MonkeyPatch, varied_model_dir: Path
 ) -> None:
-    # Every text is at most 10 tokens, so with a ratio of 0.1 each batch gets
-    # the same max_new_tokens as each text alone, and the outputs can match.
-    loaded = use_model(monkeypatch, varied_model_dir, MAX_NEW_TOKENS_RATIO="0.1")
+    loaded = use_model(monkeypatch, varied_model_dir)
     texts = list(SHORT_TEXTS)
 
     together = translate_texts(loaded, texts, "en")
     alone = [translate_texts(loaded, [text], "en")[0] for text in texts]
 
-    assert all(len(token_ids(loaded, text)) <= 10 for text in texts)
     assert len(together) == len(texts)
     assert together == alone
     assert len(set(together)) > 3
@@ -150,7 +151,7 @@ def test_blank_texts_skip_model(
 ) -> None:
     loaded = use_model(monkeypatch, tiny_model_dir)
     spy = GenerateSpy(loaded, monkeypatch)
-    texts = ["", "   ", "\n\t\r\n"]
+    texts = ["", "   ", "\n\t\r\n", "12.5", "Q-7", " A4 ", "---", "3 + 4 = 7."]
 
     assert translate_texts(loaded, texts, "en") == texts
     assert translate_texts(loaded, [], "en") == []
@@ -187,13 +188,17 @@ def test_generate_arguments_explicit(
     for call in spy.calls:
         lengths = input_lengths(call)
         longest = max(lengths)
+        bucket = length_bucket(longest)
         expected_new = min(
             loaded.max_input_tokens,
-            math.ceil(longest * settings.max_new_tokens_ratio)
+            math.ceil(bucket * settings.max_new_tokens_ratio)
             + settings.max_new_tokens_extra,
         )
+        assert {length_bucket(length) for length in lengths} == {bucket}
         assert call["max_new_tokens"] == expected_new
         assert call["num_beams"] == 1
+        assert call["no_repeat_ngram_size"] == NO_REPEAT_NGRAM_SIZE
+        assert call["repetition_penalty"] == REPETITION_PENALTY
         assert call["input_ids"].shape[1] == longest
         assert longest <= loaded.max_input_tokens
         assert len(lengths) <= 3
@@ -239,9 +244,7 @@ def test_identical_pieces_generated_once(
 def test_long_text_matches_pieces(
     monkeypatch: pytest.MonkeyPatch, varied_model_dir: Path
 ) -> None:
-    # The output limit of a batch follows its longest input, so only
-    # one-piece batches give each piece exactly the limit it gets alone.
-    loaded = use_model(monkeypatch, varied_model_dir, MAX_BATCH_SIZE="1")
+    loaded = use_model(monkeypatch, varied_model_dir)
     limit = loaded.max_input_tokens - 1
 
     def count_tokens(text: str) -> int:
@@ -276,7 +279,10 @@ def test_plan_batches_respects_budget() -> None:
 
     batches = plan_batches(lengths, token_budget=100, max_batch_size=3)
 
-    assert batches == [[6], [1, 3], [5, 2, 0], [4]]
+    # 600 is over the budget; 40 and 40 share a bucket; 30, 12 and 5 do not;
+    # 5 and 3 share the first bucket.
+    assert LENGTH_BUCKET == 8
+    assert batches == [[6], [1, 3], [5], [2], [0, 4]]
 
 
 def test_max_new_tokens_capped(
@@ -285,7 +291,9 @@ def test_max_new_tokens_capped(
     loaded = use_model(monkeypatch, tiny_model_dir)
     settings = Settings(max_new_tokens_ratio=1.5, max_new_tokens_extra=10)
 
-    assert max_new_tokens(loaded, 10, settings) == 25
+    assert max_new_tokens(loaded, 10, settings) == 34
+    assert max_new_tokens(loaded, 16, settings) == 34
+    assert max_new_tokens(loaded, 17, settings) == 46
     assert max_new_tokens(loaded, 500, settings) == loaded.max_input_tokens
 
 
@@ -299,4 +307,7 @@ def test_generation_settings_follow_env(monkeypatch: pytest.MonkeyPatch) -> None
         "num_beams": 6,
         "max_new_tokens_ratio": 2.5,
         "max_new_tokens_extra": 7,
+        "length_bucket": LENGTH_BUCKET,
+        "no_repeat_ngram_size": NO_REPEAT_NGRAM_SIZE,
+        "repetition_penalty": REPETITION_PENALTY,
     }
