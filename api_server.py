@@ -8,7 +8,9 @@ looks texts up in the shared cache and sends the misses to Celery workers.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -34,6 +36,7 @@ from core.store import redis_client
 logger = logging.getLogger(__name__)
 
 JSON_MIMETYPE = "application/json"
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _error_response(status: int, message: str, code: str, **extra: Any) -> Response:
@@ -46,8 +49,28 @@ def _json_body() -> dict[str, Any]:
     """Return the request body as a JSON object, or raise a 4xx error."""
     if request.mimetype != JSON_MIMETYPE:
         raise UnsupportedMediaType(request.mimetype or "none")
-    raw = request.get_data(cache=True)
-    body = request.get_json(silent=True)
+    try:
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise
+    except Exception as error:  # gunicorn raises its own parse errors here
+        logger.info("Request %s: body unreadable: %r", g.request_id, error)
+        raise InvalidRequest(
+            f"The request body could not be read ({type(error).__name__}). "
+            "Send a complete body with a correct Content-Length or chunked "
+            "encoding."
+        ) from None
+    limit = get_settings().max_request_bytes
+    if len(raw) >= limit and request.content_length is None:
+        # Werkzeug cuts a chunked body off at the limit instead of failing.
+        raise RequestEntityTooLarge()
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        raise InvalidRequest(
+            "The request body nests arrays or objects too deeply. Send a flat "
+            "JSON object with the documented fields."
+        ) from None
     if body is None and raw.strip() != b"null":
         raise InvalidRequest(
             "The request body is not valid JSON. Send a JSON object such as "
@@ -127,8 +150,21 @@ def _texts(body: dict[str, Any]) -> list[str]:
 def _async_flag(body: dict[str, Any]) -> bool:
     value = body.get("async", False)
     if not isinstance(value, bool):
-        raise InvalidRequest(f"Field 'async' must be true or false, got {value!r}.")
+        shown = "null" if value is None else json.dumps(value)
+        raise InvalidRequest(f"Field 'async' must be true or false, got {shown}.")
     return value
+
+
+def _query_int(name: str, default: int, maximum: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) > maximum:
+        raise InvalidRequest(
+            f"Query parameter {name!r} must be a whole number from 0 to "
+            f"{maximum}, got {raw!r}."
+        )
+    return int(raw)
 
 
 def _public_item(item: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +228,10 @@ def register_routes(app: Flask) -> None:
 
     @app.get("/api/task/<task_id>")
     def task_status(task_id: str) -> Response:
-        return jsonify({"success": True, **jobs.job_status(task_id)})
+        offset = _query_int("offset", 0, jobs.MAX_RESULT_PAGE_SIZE * 10_000)
+        limit = _query_int("limit", jobs.RESULT_PAGE_SIZE, jobs.MAX_RESULT_PAGE_SIZE)
+        report = jobs.job_status(task_id, offset=offset, limit=max(1, limit))
+        return jsonify({"success": True, **report})
 
     @app.delete("/api/task/<task_id>")
     def task_cancel(task_id: str) -> Response:
@@ -348,7 +387,9 @@ def create_app() -> Flask:
 
     @app.before_request
     def start_request() -> None:
-        g.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        supplied = request.headers.get("X-Request-ID", "")
+        # A client's id is echoed and logged, so only a short safe token is kept.
+        g.request_id = supplied if REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
         g.started = time.perf_counter()
 
     @app.after_request
@@ -356,7 +397,7 @@ def create_app() -> Flask:
         response.headers["X-Request-ID"] = g.get("request_id", "")
         elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1e3
         logger.info(
-            "Request %s %s %s -> %d in %.1f ms",
+            "Request %s %s %r -> %d in %.1f ms",
             g.get("request_id"),
             request.method,
             request.path,

@@ -5,6 +5,12 @@ Translate a file and wait for the result::
     python app_batch_celery.py input.csv output.csv --text-column text \\
         --source-lang en --target-lang es
 
+Detect the language of each row, keep HTML tags and apply a glossary::
+
+    python app_batch_celery.py input.csv output.csv --text-column body \\
+        --source-lang auto --target-lang es --detected-column lang \\
+        --format html --glossary terms.csv --score-column score
+
 Queue it and come back later::
 
     python app_batch_celery.py input.csv output.csv ... --async
@@ -32,7 +38,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -43,7 +49,7 @@ from core import csvio
 from core.broker import require_workers
 from core.config import ConfigError, get_settings
 from core.csvio import CsvFormat, CsvFormatError
-from core.dispatch import QUEUE_BULK, Submission, needs_model
+from core.dispatch import QUEUE_BULK, Submission, needs_model, resolve_languages
 from core.errors import (
     BackendUnavailable,
     DeadlineExceeded,
@@ -64,7 +70,8 @@ from core.jobs import (
     load_job,
 )
 from core.logs import LOG_FORMAT
-from core.models import resolve_pair
+from core.options import FORMATS, TranslationOptions
+from core.pipeline import AUTO
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +107,10 @@ META_KEYS = (
     "rows",
 )
 
+# Maximum row numbers kept per kind for the --verbose log. Later rows are counted only.
+MAX_LOGGED_ROWS = 1000
+SCORE_FORMAT = ".4f"
+
 
 class CliError(Exception):
     """An error reported as one line on stderr with its exit code."""
@@ -120,7 +131,15 @@ class CsvJob:
     csv_format: CsvFormat
     text_column: str
     output_column: str
+    detected_column: str | None = None
+    score_column: str | None = None
     rows: int = 0
+
+    @property
+    def added_columns(self) -> list[str]:
+        """The columns the output adds after the input's, in output order."""
+        optional = (self.detected_column, self.score_column)
+        return [self.output_column, *(name for name in optional if name)]
 
     def to_meta(self) -> dict[str, Any]:
         """Return the job metadata that lets --collect read the file again."""
@@ -131,6 +150,8 @@ class CsvJob:
             **self.csv_format.to_dict(),
             "text_column": self.text_column,
             "output_column": self.output_column,
+            "detected_column": self.detected_column,
+            "score_column": self.score_column,
             "rows": self.rows,
         }
 
@@ -144,6 +165,8 @@ class CsvJob:
             csv_format=CsvFormat.from_dict(meta),
             text_column=str(meta["text_column"]),
             output_column=str(meta["output_column"]),
+            detected_column=meta.get("detected_column"),
+            score_column=meta.get("score_column"),
             rows=int(meta["rows"]),
         )
 
@@ -158,9 +181,18 @@ class WriteSummary:
     empty: int = 0
     extra_fields_rows: int = 0
     short_rows: int = 0
+    unrestored_rows: list[int] = field(default_factory=list)
+    unrestored: int = 0
+    error_rows: list[int] = field(default_factory=list)
+    errors: int = 0
 
     def count(self, text: str, item: dict[str, Any]) -> None:
-        """Count one row by how its translation was obtained."""
+        """Count one row by how its translation was obtained.
+
+        Rows whose item has ``unrestored`` terms or an ``error`` are also
+        counted apart, and the first ``MAX_LOGGED_ROWS`` of their row numbers
+        are kept for the --verbose log.
+        """
         self.rows += 1
         if not needs_model(text):
             self.empty += 1
@@ -168,6 +200,15 @@ class WriteSummary:
             self.cache_hits += 1
         else:
             self.translated += 1
+
+        if item.get("unrestored"):
+            self.unrestored += 1
+            if len(self.unrestored_rows) < MAX_LOGGED_ROWS:
+                self.unrestored_rows.append(self.rows)
+        if item.get("error"):
+            self.errors += 1
+            if len(self.error_rows) < MAX_LOGGED_ROWS:
+                self.error_rows.append(self.rows)
 
 
 # Command line.
@@ -209,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV file to write. It is replaced only once it is complete.",
     )
     _add_translation_options(parser)
+    _add_request_options(parser)
     _add_csv_options(parser)
     _add_job_options(parser)
     _add_display_options(parser)
@@ -224,7 +266,10 @@ def _add_translation_options(parser: argparse.ArgumentParser) -> None:
         help="Name of the column that holds the text to translate (default: text).",
     )
     group.add_argument(
-        "--source-lang", metavar="CODE", help="Language code of the text, e.g. en."
+        "--source-lang",
+        metavar="CODE",
+        help="Language code of the text, e.g. en, or 'auto' to let the workers "
+        "detect the language of each row among the served source languages.",
     )
     group.add_argument(
         "--target-lang", metavar="CODE", help="Language code to translate into."
@@ -234,6 +279,20 @@ def _add_translation_options(parser: argparse.ArgumentParser) -> None:
         metavar="COLUMN",
         help="Name of the new column (default: COLUMN_CODE, the text column and "
         "the target language joined by '_', e.g. text_es).",
+    )
+    group.add_argument(
+        "--detected-column",
+        metavar="COLUMN",
+        help="With --source-lang auto, add a column with the language detected "
+        "for each row, empty for rows without text (default: no column).",
+    )
+    group.add_argument(
+        "--score-column",
+        metavar="COLUMN",
+        help="Add a column with each row's translation score, a number in (0, 1] "
+        "written with 4 decimals (a score under 0.00005 reads 0.0000), empty for "
+        "rows the model did not translate, such as empty cells (default: no "
+        "column).",
     )
     group.add_argument(
         "--chunk-size",
@@ -247,6 +306,42 @@ def _add_translation_options(parser: argparse.ArgumentParser) -> None:
         type=_positive_float,
         help="Seconds to wait for the translations before giving up. The job "
         "keeps running, and --collect writes it later (default: no limit).",
+    )
+
+
+def _add_request_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("markup and terms")
+    group.add_argument(
+        "--format",
+        choices=FORMATS,
+        type=str.lower,
+        default="text",
+        help="Format of the cells: with html, only the text between tags is "
+        "translated and the markup is kept as written (default: text).",
+    )
+    group.add_argument(
+        "--glossary",
+        metavar="FILE",
+        help="Terms to translate in a fixed way. A FILE ending in .json contains one "
+        'JSON object mapping source term to target term, e.g. {"cloud": "nube"}. '
+        "Any other FILE is a CSV file with two columns, source term and target "
+        "term, one entry per row. Its first row is a header only when it reads "
+        "source,target. The delimiter and encoding are detected, and spaces "
+        "around terms are removed.",
+    )
+    group.add_argument(
+        "--do-not-translate",
+        metavar="TERM",
+        action="append",
+        default=[],
+        help="A term to keep as written, e.g. a product name. Repeat the option "
+        "for more terms.",
+    )
+    group.add_argument(
+        "--do-not-translate-file",
+        metavar="FILE",
+        help="A UTF-8 text file of terms to keep as written, one per line. Blank "
+        "lines are skipped and spaces around terms are removed.",
     )
 
 
@@ -316,6 +411,13 @@ def _check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(f"{option} takes no input file. Remove {args.input!r}.")
         if args.run_async:
             parser.error(f"{option} cannot be combined with --async.")
+        translation_only = [name for name, value in _request_options(args) if value]
+        if translation_only:
+            listing = ", ".join(translation_only)
+            parser.error(
+                f"{option} cannot be combined with {listing}. These options apply "
+                "when a file is submitted."
+            )
         return
 
     missing = [
@@ -330,6 +432,18 @@ def _check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     ]
     if missing:
         parser.error(f"Missing {', '.join(missing)}. Run with --help for usage.")
+
+
+def _request_options(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """Return the options that only a new translation uses, with their values."""
+    return [
+        ("--format", args.format != "text"),
+        ("--glossary", args.glossary),
+        ("--do-not-translate", args.do_not_translate),
+        ("--do-not-translate-file", args.do_not_translate_file),
+        ("--detected-column", args.detected_column),
+        ("--score-column", args.score_column),
+    ]
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -421,7 +535,134 @@ def _output_path(value: str, input_path: Path | None = None) -> Path:
     return path
 
 
+# Request options.
+
+
+def _read_text_file(value: str, description: str) -> str:
+    """Read a UTF-8 file given on the command line and return its text."""
+    try:
+        data = Path(value).expanduser().read_bytes()
+    except OSError as error:
+        raise CliError(
+            f"Cannot read the {description} {value!r}: {error.strerror}. Check "
+            "the path and its permissions."
+        ) from None
+    try:
+        return data.decode(csvio.UTF8_WITH_BOM)
+    except UnicodeDecodeError as error:
+        raise CliError(
+            f"The {description} {value!r} is not valid UTF-8 (byte "
+            f"{data[error.start]:#04x} at offset {error.start}). Save it as UTF-8."
+        ) from None
+
+
+def _read_json_glossary(value: str) -> dict[str, Any]:
+    text = _read_text_file(value, "glossary file")
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        mapping: dict[str, Any] = {}
+        for key, entry in pairs:
+            if key in mapping:
+                raise CliError(
+                    f"Glossary file {value!r} gives the source term {key!r} "
+                    "twice. Keep one."
+                )
+            mapping[key] = entry
+        return mapping
+
+    try:
+        glossary = json.loads(text, object_pairs_hook=unique_keys)
+    except json.JSONDecodeError as error:
+        raise CliError(
+            f"Glossary file {value!r} is not valid JSON: {error.msg} at line "
+            f"{error.lineno}, column {error.colno}."
+        ) from None
+    if not isinstance(glossary, dict):
+        raise CliError(
+            f"Glossary file {value!r} must contain one JSON object mapping source "
+            'terms to target terms, such as {"cloud": "nube"}, but it contains '
+            f"a {type(glossary).__name__}."
+        )
+    if not glossary:
+        raise CliError(
+            f"Glossary file {value!r} has no entries. Add entries such as "
+            '{"cloud": "nube"}, or remove --glossary.'
+        )
+    return glossary
+
+
+def read_glossary(value: str) -> dict[str, Any]:
+    """Read a --glossary file: JSON when its name ends in .json, else CSV."""
+    path = Path(value).expanduser()
+    if path.suffix.lower() == ".json":
+        return _read_json_glossary(value)
+    if not path.is_file():
+        raise CliError(
+            f"Cannot read the glossary file {value!r}: it does not exist or is "
+            "not a file. Check the path."
+        )
+    try:
+        return csvio.read_glossary(path)
+    except OSError as error:
+        raise CliError(
+            f"Cannot read the glossary file {value!r}: {error.strerror}. Check "
+            "the path and its permissions."
+        ) from None
+
+
+def read_terms(value: str) -> list[str]:
+    """Read a --do-not-translate-file: one term per line, blank lines skipped."""
+    text = _read_text_file(value, "file of terms")
+    terms = [line.strip() for line in text.splitlines() if line.strip()]
+    if not terms:
+        raise CliError(
+            f"The file of terms {value!r} has no terms. Write one term per line, "
+            "or remove --do-not-translate-file."
+        )
+    return terms
+
+
+def _validated(body: dict[str, Any], context: str = "") -> TranslationOptions:
+    try:
+        return TranslationOptions.from_request(body)
+    except InvalidRequest as error:
+        raise CliError(f"{context}{error.message}") from None
+
+
+def translation_options(args: argparse.Namespace) -> TranslationOptions:
+    """Read and validate --format, --glossary and the terms to keep.
+
+    Each file is validated alone first, so an error names the file it
+    comes from. Raises ``CliError`` with one line for the first problem.
+    """
+    glossary = None
+    if args.glossary:
+        glossary = read_glossary(args.glossary)
+        _validated({"glossary": glossary}, f"Invalid glossary file {args.glossary!r}: ")
+
+    terms = list(args.do_not_translate)
+    if args.do_not_translate_file:
+        file_terms = read_terms(args.do_not_translate_file)
+        _validated(
+            {"do_not_translate": file_terms},
+            f"Invalid file of terms {args.do_not_translate_file!r}: ",
+        )
+        terms.extend(file_terms)
+
+    body = {"format": args.format, "glossary": glossary, "do_not_translate": terms}
+    return _validated(body)
+
+
 def _column_index(header: list[str], column: str, job: CsvJob) -> int:
+    if header.count(column) > 1:
+        positions = [
+            str(index + 1) for index, name in enumerate(header) if name == column
+        ]
+        raise CliError(
+            f"Column {column!r} appears {len(positions)} times in "
+            f"{str(job.input_path)!r} (columns {', '.join(positions)}). Rename "
+            "the duplicates so the text column is unambiguous."
+        )
     if column in header:
         return header.index(column)
 
@@ -450,12 +691,14 @@ def prepare_job(
     text_column: str,
     output_column: str | None,
     target_lang: str,
+    detected_column: str | None = None,
+    score_column: str | None = None,
 ) -> CsvJob:
     """Check the header and every text cell, and count the rows.
 
-    Raises ``CliError`` for a missing column, an output column that already
-    exists or a cell over ``MAX_TEXT_CHARS``, and ``CsvFormatError`` for a
-    file that cannot be decoded or parsed.
+    Raises ``CliError`` for a missing column, an added column that already
+    exists or is named twice, or a cell over ``MAX_TEXT_CHARS``, and
+    ``CsvFormatError`` for a file that cannot be decoded or parsed.
     """
     size, mtime_ns = _file_stat(input_path)
     job = CsvJob(
@@ -465,16 +708,14 @@ def prepare_job(
         csv_format=csv_format,
         text_column=text_column,
         output_column=output_column or f"{text_column}_{target_lang}",
+        detected_column=detected_column,
+        score_column=score_column,
     )
     max_chars = get_settings().max_text_chars
 
     with csvio.open_rows(input_path, csv_format) as (header, rows):
         index = _column_index(header, text_column, job)
-        if job.output_column in header:
-            raise CliError(
-                f"Column {job.output_column!r} already exists in "
-                f"{str(input_path)!r}. Choose another name with --output-column."
-            )
+        _check_added_columns(header, job)
         for row in rows:
             job.rows += 1
             text = _cell(row, index)
@@ -485,6 +726,29 @@ def prepare_job(
                     f"{max_chars} (MAX_TEXT_CHARS). Split or shorten the cell."
                 )
     return job
+
+
+def _check_added_columns(header: list[str], job: CsvJob) -> None:
+    options = (
+        ("--output-column", job.output_column),
+        ("--detected-column", job.detected_column),
+        ("--score-column", job.score_column),
+    )
+    seen: dict[str, str] = {}
+    for option, name in options:
+        if name is None:
+            continue
+        if name in header:
+            raise CliError(
+                f"Column {name!r} already exists in {str(job.input_path)!r}. "
+                f"Choose another name with {option}."
+            )
+        if name in seen:
+            raise CliError(
+                f"{seen[name]} and {option} both name the column {name!r}. "
+                "Give each new column its own name."
+            )
+        seen[name] = option
 
 
 def _cell(row: list[str], index: int) -> str:
@@ -521,13 +785,19 @@ def _chunks(job: CsvJob, chunk_size: int) -> Iterator[list[str]]:
 
 
 def submit_rows(
-    job: CsvJob, source_lang: str, target_lang: str, chunk_size: int, progress: bool
+    job: CsvJob,
+    source_lang: str,
+    target_lang: str,
+    options: TranslationOptions,
+    chunk_size: int,
+    progress: bool,
 ) -> str:
     """Send the rows of ``job`` as a ``csv`` job on the bulk queue, return its id."""
     submission = Submission(
         JOB_KIND,
         source_lang,
         target_lang,
+        options=options,
         queue=QUEUE_BULK,
         total=job.rows,
         **job.to_meta(),
@@ -572,16 +842,33 @@ def _progress_bar(total: int, description: str, enabled: bool) -> tqdm[Any]:
     )
 
 
-def output_row(row: list[str], width: int, translation: str) -> list[str]:
-    """Return an input row with its translation after the last named column.
+def output_row(row: list[str], width: int, *added: str) -> list[str]:
+    """Return an input row with the added cells after the last named column.
 
-    A short row is padded with empty cells to the header width. Cells beyond
-    the header width follow the translation. A blank line stays blank.
+    The added cells are the translation, then the optional detected language
+    and score. A short row is padded with empty cells to the header width.
+    Cells beyond the header width follow the added cells. A blank line stays
+    blank.
     """
     if not row:
         return []
     padding = [""] * (width - len(row))
-    return [*row[:width], *padding, translation, *row[width:]]
+    return [*row[:width], *padding, *added, *row[width:]]
+
+
+def added_cells(job: CsvJob, item: dict[str, Any]) -> list[str]:
+    """Return the cells a row's item fills: translation, detected language, score.
+
+    The detected language is empty when the item has none, as for empty
+    cells, and so is the score, which is written with 4 decimals.
+    """
+    cells = [item["translation"]]
+    if job.detected_column:
+        cells.append(item.get("detected_source_lang") or "")
+    if job.score_column:
+        score = item.get("score")
+        cells.append("" if score is None else format(score, SCORE_FORMAT))
+    return cells
 
 
 def write_output(
@@ -605,8 +892,8 @@ def write_output(
     ):
         width = len(header)
         index = _column_index(header, job.text_column, job)
-        writer.writerow([*header, job.output_column])
-        items = iter_items(job_id, deadline=deadline)
+        writer.writerow([*header, *job.added_columns])
+        items = iter_items(job_id, deadline=deadline, ride_out_outages=True)
         for row in rows:
             item = next(items, None)
             if item is None:
@@ -616,12 +903,13 @@ def write_output(
                 summary.extra_fields_rows += 1
             elif row and len(row) < width:
                 summary.short_rows += 1
-            writer.writerow(output_row(row, width, item["translation"]))
+            writer.writerow(output_row(row, width, *added_cells(job, item)))
             bar.update(1)
         if next(items, None) is not None:
             raise _rows_mismatch(job, job_id)
         _check_unchanged(job)
     _log_irregular_rows(summary, job)
+    _log_flagged_rows(summary, job_id)
     return summary
 
 
@@ -649,6 +937,39 @@ def _log_irregular_rows(summary: WriteSummary, job: CsvJob) -> None:
         )
 
 
+def _log_flagged_rows(summary: WriteSummary, job_id: str) -> None:
+    """Log the row numbers of items with dropped terms or errors, not their text."""
+    flagged = (
+        ("lost protected spans or glossary terms", summary.unrestored_rows),
+        ("failed and kept their source text", summary.error_rows),
+    )
+    for description, numbers in flagged:
+        if not numbers:
+            continue
+        listing = ", ".join(str(number) for number in numbers)
+        if len(numbers) == MAX_LOGGED_ROWS:
+            listing += f" (only the first {MAX_LOGGED_ROWS} are listed)"
+        logger.info("Job %s: rows that %s: %s", job_id, description, listing)
+
+
+def _row_count(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
+
+
+def _flagged_counts(summary: WriteSummary) -> str:
+    """Return the summary's sentences on dropped terms and errors, or ""."""
+    parts = []
+    if summary.unrestored:
+        parts.append(
+            f"{_row_count(summary.unrestored)} lost protected spans or glossary terms"
+        )
+    if summary.errors:
+        parts.append(f"{_row_count(summary.errors)} failed and kept their source text")
+    if not parts:
+        return ""
+    return f" {' and '.join(parts)}. Run with --verbose to log their row numbers."
+
+
 def _print_written(
     summary: WriteSummary, job_id: str, output_path: Path, as_json: bool
 ) -> None:
@@ -661,13 +982,15 @@ def _print_written(
             "translated": summary.translated,
             "cache_hits": summary.cache_hits,
             "empty": summary.empty,
+            "unrestored": summary.unrestored,
+            "errors": summary.errors,
         }
         print(json.dumps(report))
         return
     print(
         f"Wrote {summary.rows} rows to {output_path} (job {job_id}: "
         f"{summary.translated} translated, {summary.cache_hits} rows from the cache, "
-        f"{summary.empty} empty)."
+        f"{summary.empty} empty).{_flagged_counts(summary)}"
     )
 
 
@@ -684,12 +1007,24 @@ def _collect_hint(job_id: str, output: str) -> str:
 
 def run_translate(args: argparse.Namespace) -> int:
     """Check the input, submit it and, unless --async, write the output."""
-    source_lang, target_lang = resolve_pair(args.source_lang, args.target_lang)
+    source_lang, target_lang = resolve_languages(args.source_lang, args.target_lang)
+    if args.detected_column and source_lang != AUTO:
+        raise CliError(
+            "--detected-column needs --source-lang auto, because only detection "
+            "fills it. Pass --source-lang auto or remove --detected-column."
+        )
+    options = translation_options(args)
     input_path = _input_path(args.input)
     output_path = _output_path(args.output, input_path)
     csv_format = csvio.detect_format(input_path, args.encoding, args.delimiter)
     job = prepare_job(
-        input_path, csv_format, args.text_column, args.output_column, target_lang
+        input_path,
+        csv_format,
+        args.text_column,
+        args.output_column,
+        target_lang,
+        detected_column=args.detected_column,
+        score_column=args.score_column,
     )
     logger.info(
         "Read %s as %s, delimiter %r: %d rows",
@@ -703,7 +1038,9 @@ def run_translate(args: argparse.Namespace) -> int:
     chunk_size = args.chunk_size or get_settings().chunk_size
     progress = not args.no_progress
     try:
-        job_id = submit_rows(job, source_lang, target_lang, chunk_size, progress)
+        job_id = submit_rows(
+            job, source_lang, target_lang, options, chunk_size, progress
+        )
     except KeyboardInterrupt:
         return _fail(
             "Interrupted. The partly submitted job was cancelled.", EXIT_INTERRUPTED

@@ -31,6 +31,10 @@ worker_concurrency = _settings.worker_concurrency
 task_soft_time_limit = _settings.task_soft_time_limit
 task_time_limit = _settings.task_time_limit
 result_expires = _settings.job_ttl
+# A worker that cannot store a result while Redis is down retries until Redis
+# is back, instead of recording the task as failed.
+result_backend_always_retry = True
+result_backend_max_retries = float("inf")
 result_extended = False
 
 # Redis redelivers an unacknowledged message after the visibility timeout, so

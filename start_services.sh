@@ -239,7 +239,7 @@ start_service worker "$VENV_DIR/bin/celery" -A tasks worker \
 # translation gets the API's own timeout response instead of a killed worker.
 start_service api "$VENV_DIR/bin/gunicorn" --bind "$HOST:$PORT" \
   --workers "$API_WORKERS" --threads "$API_THREADS" \
-  --timeout $((SYNC_TIMEOUT + 30)) --access-logfile - api_server:app
+  --timeout $((SYNC_TIMEOUT + 30)) api_server:app
 start_service flower "$VENV_DIR/bin/celery" -A tasks flower \
   --address="$HOST" --port="$FLOWER_PORT"
 if [[ -f app_streamlit.py ]]; then

@@ -125,6 +125,7 @@ def _init_child(**_: Any) -> None:
     store.reset_client()
     hostname = workers.default_hostname()
     models.on_model_change.append(lambda names: workers.record_models(hostname, names))
+    workers.start_model_reporter(hostname, models.loaded_models)
 
 
 @signals.worker_ready.connect

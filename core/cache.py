@@ -491,6 +491,12 @@ class TranslationCache:
             if self._generation is None:
                 self._generation = self.disk.generation()
             if remote is None:
+                # Redis is down: the disk tier, shared by the processes of this
+                # host, records the newest clear any of them saw.
+                on_disk = self.disk.generation()
+                if on_disk is not None and on_disk != self._generation:
+                    self.memory.clear()
+                    self._generation = on_disk
                 return self._generation or 0
             if remote != self._generation:
                 logger.info(

@@ -162,9 +162,9 @@ class Settings:
     chunk_size: int = 64
     worker_concurrency: int = 1
     worker_max_tasks_per_child: int = 200
-    task_soft_time_limit: int = 600
-    task_time_limit: int = 660
-    visibility_timeout: int = 900
+    task_soft_time_limit: int = 270
+    task_time_limit: int = 300
+    visibility_timeout: int = 360
 
     @property
     def pairs_are_configured(self) -> bool:
@@ -175,8 +175,8 @@ class Settings:
 def load_settings() -> Settings:
     """Read every setting from the environment, without caching."""
     redis_url = _env_str("REDIS_URL", DEFAULT_REDIS_URL)
-    task_time_limit = _env_int("TASK_TIME_LIMIT", 660, minimum=1)
-    soft_default = max(1, task_time_limit - 60)
+    task_time_limit = _env_int("TASK_TIME_LIMIT", 300, minimum=2)
+    soft_default = max(1, task_time_limit - 30)
     settings = Settings(
         redis_url=redis_url,
         broker_url=_env_str("CELERY_BROKER_URL", redis_url),
@@ -225,7 +225,7 @@ def load_settings() -> Settings:
         task_soft_time_limit=_env_int("TASK_SOFT_TIME_LIMIT", soft_default, minimum=1),
         task_time_limit=task_time_limit,
         visibility_timeout=_env_int(
-            "VISIBILITY_TIMEOUT", task_time_limit + 240, minimum=1
+            "VISIBILITY_TIMEOUT", task_time_limit + 60, minimum=1
         ),
     )
     _validate(settings)

@@ -337,7 +337,9 @@ def open_rows(
     iterating, for bytes the encoding cannot decode or malformed CSV.
     """
     with path.open(encoding=csv_format.encoding, newline="") as handle:
-        reader = csv.reader(handle, delimiter=csv_format.delimiter)
+        # strict: a quote left open at the end of the file is an error
+        # instead of one field that silently swallows every following row.
+        reader = csv.reader(handle, delimiter=csv_format.delimiter, strict=True)
         rows = _checked_rows(reader, path, csv_format)
         header = next(rows, None)
         if header is None:
@@ -393,3 +395,68 @@ def atomic_writer(path: Path, csv_format: CsvFormat) -> Iterator[Any]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+# Glossaries.
+
+GLOSSARY_HEADER = ("source", "target")
+
+
+def _glossary_rows(path: Path) -> Iterator[list[str]]:
+    """Yield the rows of a glossary CSV file.
+
+    Decode and parse errors are raised again with a message about the glossary,
+    because the messages of ``detect_format`` and ``_checked_rows`` suggest
+    --encoding and --delimiter, which only apply to the input file.
+    """
+    encoding = "an unknown encoding"
+    try:
+        csv_format = detect_format(path)
+        encoding = csv_format.encoding
+        with path.open(encoding=encoding, newline="") as handle:
+            reader = csv.reader(handle, delimiter=csv_format.delimiter)
+            yield from _checked_rows(reader, path, csv_format)
+    except CsvFormatError:
+        raise CsvFormatError(
+            f"Cannot read the glossary file {str(path)!r} as CSV in {encoding}. "
+            "Save it as UTF-8 CSV with one source term and target term per row."
+        ) from None
+
+
+def read_glossary(path: Path) -> dict[str, str]:
+    """Read a two-column glossary CSV file: a source term, then its target term.
+
+    The encoding and delimiter are detected as for input files. A first row
+    ``source,target`` (any case) is a header and skipped, blank rows are
+    skipped and whitespace around each term is removed. Raises
+    ``CsvFormatError`` naming the file and row for a row without exactly two
+    cells, a source term given twice, or a file without entries.
+    """
+    glossary: dict[str, str] = {}
+    first_rows: dict[str, int] = {}
+    for number, row in enumerate(_glossary_rows(path), 1):
+        cells = [cell.strip() for cell in row]
+        if not any(cells):
+            continue
+        if number == 1 and tuple(cell.lower() for cell in cells) == GLOSSARY_HEADER:
+            continue
+        if len(cells) != 2:
+            raise CsvFormatError(
+                f"Glossary file {str(path)!r} has {len(cells)} cells in row "
+                f"{number}. Give each row a source term and a target term, "
+                "such as cloud,nube."
+            )
+        source, target = cells
+        if source in first_rows:
+            raise CsvFormatError(
+                f"Glossary file {str(path)!r} gives the source term {source!r} "
+                f"twice, in rows {first_rows[source]} and {number}. Keep one."
+            )
+        first_rows[source] = number
+        glossary[source] = target
+    if not glossary:
+        raise CsvFormatError(
+            f"Glossary file {str(path)!r} has no entries. Add rows such as "
+            "cloud,nube, or remove --glossary."
+        )
+    return glossary

@@ -23,7 +23,6 @@ from typing import Any
 
 import redis
 from celery import states
-from celery.exceptions import TimeoutError as ResultTimeout
 
 from core.broker import BROKER_ERRORS, celery_app
 from core.config import get_settings
@@ -46,6 +45,9 @@ JOB_PREFIX = "mt:job:"
 KNOWN_PREFIX = "mt:jobknown:"
 TOMBSTONE_EXTRA_SECONDS = 30 * 24 * 3600
 RESULT_POLL_INTERVAL = 0.05
+OUTAGE_POLL_MAX_INTERVAL = 2.0
+RESULT_PAGE_SIZE = 1000
+MAX_RESULT_PAGE_SIZE = 10_000
 STATUS_QUEUED = "queued"
 STATUS_PROCESSING = "processing"
 STATUS_DONE = "done"
@@ -241,8 +243,18 @@ def _flatten_message(message: Any) -> str:
     return str(message)
 
 
-def job_status(job_id: str, include_result: bool = True) -> dict[str, Any]:
-    """Return the job report served by ``GET /api/task/<task_id>``."""
+def job_status(
+    job_id: str,
+    include_result: bool = True,
+    offset: int = 0,
+    limit: int = RESULT_PAGE_SIZE,
+) -> dict[str, Any]:
+    """Return the job report served by ``GET /api/task/<task_id>``.
+
+    A finished job's ``result`` holds the items ``offset`` to
+    ``offset + limit``, and ``next_offset`` is where the next page starts, or
+    None after the last one, so a large job is read page by page.
+    """
     record = load_job(job_id)
     chunks = _chunks(job_id)
     task_ids = [chunk["task_id"] for chunk in chunks if chunk["task_id"]]
@@ -296,10 +308,13 @@ def job_status(job_id: str, include_result: bool = True) -> dict[str, Any]:
         report["status"] = STATUS_DONE
         if include_result:
             deadline = time.monotonic() + get_settings().sync_timeout
-            items = list(iter_items(job_id, deadline=deadline))
+            stop = offset + limit
+            items = list(iter_items(job_id, deadline, start=offset, stop=stop))
             report["result"] = {
                 "translations": [item["translation"] for item in items],
                 "items": items,
+                "offset": offset,
+                "next_offset": stop if stop < total else None,
             }
     elif started or current:
         report["status"] = STATUS_PROCESSING
@@ -323,79 +338,150 @@ def _iso(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
-def wait_for_task(task_id: str, deadline: float | None, job_id: str) -> dict[str, Any]:
-    """Wait for one task's result until the monotonic ``deadline`` (None: forever)."""
-    result = celery_app().AsyncResult(task_id)
-    remaining = None if deadline is None else max(0.01, deadline - time.monotonic())
-    try:
-        value = result.get(
-            timeout=remaining,
-            interval=RESULT_POLL_INTERVAL,
-            propagate=True,
-            disable_sync_subtasks=False,
-        )
-    except (ResultTimeout, TimeoutError):
-        raise DeadlineExceeded(
-            "The translation did not finish within the deadline. Poll "
-            f"GET /api/task/{job_id} for the result.",
-            task_id=job_id,
-        ) from None
-    except ServiceError:
-        raise
-    except BROKER_ERRORS as error:
-        raise BackendUnavailable(
-            f"The result backend is unreachable ({error})."
-        ) from None
-    except Exception as error:  # a worker exception that Celery rebuilt
-        raise _rebuild_error(error) from None
-    return value
+def wait_for_task(
+    task_id: str,
+    deadline: float | None,
+    job_id: str,
+    *,
+    ride_out_outages: bool = False,
+) -> dict[str, Any]:
+    """Wait for one task's result until the monotonic ``deadline`` (None: forever).
+
+    The result backend is polled directly instead of through Celery's pub/sub
+    consumer, which gives up for good after a Redis outage. While Redis is
+    unreachable, ``ride_out_outages`` keeps waiting (a CLI whose job goes on
+    once Redis is back); otherwise ``BackendUnavailable`` is raised at once.
+    """
+    interval = RESULT_POLL_INTERVAL
+    warned = False
+    while True:
+        try:
+            meta = _task_metas([task_id]).get(task_id)
+        except BackendUnavailable:
+            if not ride_out_outages:
+                raise
+            if not warned:
+                logger.warning("Redis unreachable; waiting for job %s to go on", job_id)
+                warned = True
+            meta = None
+            interval = min(OUTAGE_POLL_MAX_INTERVAL, interval * 2)
+        else:
+            if warned:
+                logger.warning("Redis reachable again; job %s goes on", job_id)
+                warned = False
+            interval = RESULT_POLL_INTERVAL
+        if meta is not None:
+            status = meta.get("status")
+            if status == states.SUCCESS:
+                return meta["result"]
+            if status in states.PROPAGATE_STATES:
+                raise _failure_error(meta)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded(
+                "The translation did not finish within the deadline. Poll "
+                f"GET /api/task/{job_id} for the result.",
+                task_id=job_id,
+            )
+        time.sleep(interval)
 
 
-def _rebuild_error(error: Exception) -> ServiceError:
-    cls = ERRORS_BY_NAME.get(type(error).__name__)
-    message = _flatten_message(error.args[0] if len(error.args) == 1 else error.args)
+def _failure_error(meta: dict[str, Any]) -> ServiceError:
+    """Turn a failed task's stored exception into the matching ServiceError."""
+    result = meta.get("result")
+    name = result.get("exc_type") if isinstance(result, dict) else None
+    message = _failure_message(meta)
+    if meta.get("status") == states.REVOKED:
+        return JobCancelled("The job was cancelled before this part of it ran.")
+    cls = ERRORS_BY_NAME.get(str(name))
     if cls is not None:
         return cls(message)
-    logger.warning("A worker task failed: %s: %s", type(error).__name__, message)
+    logger.warning("A worker task failed: %s: %s", name, message)
     return TranslationFailed(f"The worker failed to translate: {message}")
 
 
-def iter_items(job_id: str, deadline: float | None = None) -> Iterator[dict[str, Any]]:
+def iter_items(
+    job_id: str,
+    deadline: float | None = None,
+    *,
+    ride_out_outages: bool = False,
+    start: int = 0,
+    stop: int | None = None,
+) -> Iterator[dict[str, Any]]:
     """Yield a job's items in input order, waiting for each chunk's task.
 
     ``deadline`` is a ``time.monotonic()`` value bounding the whole wait;
-    None waits as long as it takes.
+    None waits as long as it takes. ``start`` and ``stop`` select a slice of
+    the items, like ``items[start:stop]``. With ``ride_out_outages`` a Redis
+    outage pauses the iteration instead of raising ``BackendUnavailable``.
     """
+
+    def call(function: Any, *args: Any) -> Any:
+        return _outage_tolerant(function, args, ride_out_outages, job_id)
+
     index = 0
     while True:
-        chunks = _chunks(job_id)
+        chunks = call(_chunks, job_id)
         if index >= len(chunks):
-            record = load_job(job_id)
+            record = call(load_job, job_id)
             if record["submitted"]:
                 return
             time.sleep(RESULT_POLL_INTERVAL)
             continue
         chunk = chunks[index]
-        yield from _chunk_items(job_id, index, chunk, deadline)
+        chunk_end = chunk["start"] + chunk["count"]
+        if stop is not None and chunk["start"] >= stop:
+            return
+        if chunk_end > start:
+            detail = call(_chunk_detail, job_id, index)
+            items = _chunk_items(job_id, chunk, detail, deadline, ride_out_outages)
+            for offset, item in enumerate(items):
+                position = chunk["start"] + offset
+                if position >= start and (stop is None or position < stop):
+                    yield item
         index += 1
 
 
+def _outage_tolerant(
+    function: Any, args: tuple[Any, ...], ride_out: bool, job_id: str
+) -> Any:
+    interval = RESULT_POLL_INTERVAL
+    warned = False
+    while True:
+        try:
+            return function(*args)
+        except BackendUnavailable:
+            if not ride_out:
+                raise
+            if not warned:
+                logger.warning("Redis unreachable; waiting for job %s to go on", job_id)
+                warned = True
+            interval = min(OUTAGE_POLL_MAX_INTERVAL, interval * 2)
+            time.sleep(interval)
+
+
 def _chunk_items(
-    job_id: str, index: int, chunk: dict[str, Any], deadline: float | None
-) -> Iterator[dict[str, Any]]:
-    detail = _chunk_detail(job_id, index)
+    job_id: str,
+    chunk: dict[str, Any],
+    detail: dict[str, Any],
+    deadline: float | None,
+    ride_out_outages: bool,
+) -> list[dict[str, Any]]:
     hits = {int(position): item for position, item in detail["hits"].items()}
     translated: list[dict[str, Any]] = []
     if chunk["task_id"]:
-        result = wait_for_task(chunk["task_id"], deadline, job_id)
+        result = wait_for_task(
+            chunk["task_id"], deadline, job_id, ride_out_outages=ride_out_outages
+        )
         if result.get("cancelled"):
             raise JobCancelled(
                 f"Job {job_id!r} was cancelled; its result is incomplete."
             )
         translated = result["items"] if "items" in result else [result]
     by_position = dict(zip(detail["misses"], translated, strict=True))
-    for position in range(chunk["count"]):
-        yield hits[position] if position in hits else by_position[position]
+    return [
+        hits[position] if position in hits else by_position[position]
+        for position in range(chunk["count"])
+    ]
 
 
 def cancel_job(job_id: str) -> dict[str, Any]:

@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 5.0
 HEARTBEAT_TTL = 15
-MODELS_TTL = 3600
+MODELS_TTL = 90
+MODELS_REFRESH_SECONDS = 30.0
 FINGERPRINT_TTL = 7 * 24 * 3600
 FINGERPRINT_REPUBLISH_SECONDS = 60.0
 WORKER_PREFIX = "mt:worker:"
@@ -99,6 +100,24 @@ def record_models(hostname: str, models: list[str]) -> None:
             redis_client().delete(key)
     except redis.RedisError as error:
         logger.warning("Could not record loaded models: %s", error)
+
+
+def start_model_reporter(hostname: str, loaded: Any) -> threading.Thread:
+    """Refresh this process's loaded-models record until the process exits.
+
+    ``loaded`` returns the current model names. The record expires
+    ``MODELS_TTL`` seconds after its process stops refreshing it, so a killed
+    worker process drops out of the stats within that time.
+    """
+
+    def run() -> None:
+        while True:
+            record_models(hostname, loaded())
+            time.sleep(MODELS_REFRESH_SECONDS)
+
+    thread = threading.Thread(target=run, name="model-reporter", daemon=True)
+    thread.start()
+    return thread
 
 
 def loaded_models_by_process() -> dict[str, list[str]]:

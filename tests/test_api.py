@@ -125,6 +125,7 @@ BAD_BATCHES = [
     ("texts item null", {"texts": ["a", None]}, 400, "'texts[1]' must be a string"),
     ("too many texts", {"texts": ["a"] * 6}, 413, "limit is 5"),
     ("async not bool", {"texts": ["a"], "async": "yes"}, 400, "'async' must be"),
+    ("async null", {"texts": ["a"], "async": None}, 400, "got null"),
 ]
 
 
@@ -150,6 +151,38 @@ def test_batch_text_over_limit_names_item(offline_client: FlaskClient) -> None:
     )
     body = assert_json_error(response, 413, "'texts[1]' has 101 characters")
     assert "/api/batch" not in body["error"]
+
+
+@pytest.mark.unit
+def test_deep_nesting_is_400(
+    offline_client: FlaskClient, clean_env: pytest.MonkeyPatch
+) -> None:
+    clean_env.setenv("MAX_REQUEST_BYTES", "100000")
+    reset_settings()
+    nested = "[" * 5000 + "]" * 5000
+    body = f'{{"text": "a", "source_lang": "en", "target_lang": "es", "x": {nested}}}'
+    response = make_client().post(
+        "/api/translate", data=body, content_type="application/json"
+    )
+    assert_json_error(response, 400, "nests arrays or objects too deeply")
+
+
+@pytest.mark.unit
+def test_request_id_is_sanitised(offline_client: FlaskClient) -> None:
+    good = offline_client.get("/api/languages", headers={"X-Request-ID": "abc-123"})
+    assert good.headers["X-Request-ID"] == "abc-123"
+    bad = offline_client.get("/api/languages", headers={"X-Request-ID": "a b;<x>"})
+    assert bad.headers["X-Request-ID"] != "a b;<x>"
+    assert len(bad.headers["X-Request-ID"]) == 32
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("query", ["offset=-1", "limit=abc", "limit=99999999"])
+def test_task_paging_parameters_checked(
+    offline_client: FlaskClient, query: str
+) -> None:
+    response = offline_client.get(f"/api/task/some-id?{query}")
+    assert_json_error(response, 400, "Query parameter")
 
 
 @pytest.mark.unit
@@ -304,6 +337,41 @@ class TestLiveStack:
         ).get_json()
         assert sync["translations"] == report["result"]["translations"]
         assert all(item["cached"] for item in sync["items"])
+
+    def test_large_job_result_is_paged(self, client: FlaskClient) -> None:
+        stamp = time.time_ns()
+        texts = [f"Paged sentence {index} {stamp}" for index in range(25)]
+        accepted = client.post(
+            "/api/batch",
+            json={
+                "texts": texts,
+                "source_lang": "en",
+                "target_lang": "es",
+                "async": True,
+            },
+        ).get_json()
+        task_id = accepted["task_id"]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (
+                client.get(f"/api/task/{task_id}?limit=1").get_json()["status"]
+                == "done"
+            ):
+                break
+            time.sleep(0.2)
+        pages = []
+        offset: int | None = 0
+        while offset is not None:
+            report = client.get(
+                f"/api/task/{task_id}?offset={offset}&limit=10"
+            ).get_json()
+            assert report["result"]["offset"] == offset
+            pages.append(report["result"]["translations"])
+            offset = report["result"]["next_offset"]
+        assert [len(page) for page in pages] == [10, 10, 5]
+        whole = client.get(f"/api/task/{task_id}").get_json()["result"]
+        assert whole["next_offset"] is None
+        assert [text for page in pages for text in page] == whole["translations"]
 
     def test_unknown_and_expired_jobs(
         self, client: FlaskClient, live_stack: dict[str, str]

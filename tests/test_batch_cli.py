@@ -10,12 +10,15 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import logging
+import re
 import subprocess
 import sys
 import time
 import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +29,12 @@ from core import csvio
 from core.config import PROJECT_ROOT
 from core.csvio import CsvFormat, CsvFormatError
 from core.errors import BackendUnavailable, JobNotFound, TranslationFailed
+from core.options import TranslationOptions
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 ENGLISH_FILE = DATA_DIR / "products_en_bom.csv"
 SPANISH_FILE = DATA_DIR / "reviews_es_cp1252.csv"
+MIXED_FILE = DATA_DIR / "mixed_en_es.csv"
 CLI_TIMEOUT = 240.0
 STATUS_WAIT_TIMEOUT = 120.0
 STATUS_POLL_INTERVAL = 0.5
@@ -283,6 +288,8 @@ class FakeBackend:
         self.failure: Exception | None = None
         self.missing_items = 0
         self.cancelled: list[str] = []
+        # Item fields to add for a given input text, such as "score".
+        self.item_fields: dict[str, dict[str, Any]] = {}
 
     def submission(self, *args: Any, **kwargs: Any) -> FakeSubmission:
         return FakeSubmission(self, *args, **kwargs)
@@ -311,7 +318,10 @@ class FakeBackend:
         }
 
     def iter_items(
-        self, job_id: str, deadline: float | None = None
+        self,
+        job_id: str,
+        deadline: float | None = None,
+        ride_out_outages: bool = False,
     ) -> Iterator[dict[str, Any]]:
         record = self.load_job(job_id)
         texts = record["texts"][: len(record["texts"]) - self.missing_items]
@@ -322,6 +332,7 @@ class FakeBackend:
                 "translation": fake_translation(text, record["target_lang"]),
                 "cached": False,
                 "model": "fake",
+                **self.item_fields.get(text, {}),
             }
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
@@ -337,7 +348,7 @@ class FakeSubmission:
         source_lang: str,
         target_lang: str,
         *,
-        options: dict[str, Any] | None = None,
+        options: TranslationOptions | None = None,
         queue: str = "bulk",
         **meta: Any,
     ) -> None:
@@ -348,6 +359,7 @@ class FakeSubmission:
             "kind": kind,
             "source_lang": source_lang,
             "target_lang": target_lang,
+            "options": options,
             "queue": queue,
             "total": meta.pop("total", None),
             "meta": meta,
@@ -684,7 +696,7 @@ class Submission:
     def finish(self):
         return self.job_id
 
-def iter_items(job_id, deadline=None):
+def iter_items(job_id, deadline=None, ride_out_outages=False):
     yield {"translation": "x", "cached": False}
     print("stalled", flush=True)
     time.sleep(60)
@@ -834,7 +846,9 @@ class CountingSubmission:
         return self.job_id
 
 
-def constant_items(job_id: str, deadline: float | None = None) -> Iterator[dict]:
+def constant_items(
+    job_id: str, deadline: float | None = None, ride_out_outages: bool = False
+) -> Iterator[dict]:
     for _ in range(CountingSubmission.rows):
         yield {"translation": "una frase traducida", "cached": False}
 
@@ -886,8 +900,23 @@ def test_help_describes_options(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--help"])
 
     text = capsys.readouterr().out
-    for option in ("--text-column", "--encoding", "--delimiter", "--collect"):
+    options = (
+        "--text-column",
+        "--encoding",
+        "--delimiter",
+        "--collect",
+        "--format",
+        "--glossary",
+        "--do-not-translate",
+        "--do-not-translate-file",
+        "--detected-column",
+        "--score-column",
+    )
+    for option in options:
         assert option in text
+    assert "first row is a header only when it reads source,target" in " ".join(
+        text.split()
+    )
 
 
 @pytest.mark.unit
@@ -907,6 +936,370 @@ def test_import_skips_torch() -> None:
     )
 
     assert completed.stdout.strip() == "[]"
+
+
+# The command line: request options and added columns.
+
+
+@pytest.fixture
+def option_files(tmp_path: Path) -> Path:
+    """A folder of glossary and term files, valid and broken ones."""
+    folder = tmp_path / "options"
+    folder.mkdir()
+    files = {
+        "glossary.json": '{"cloud": "nube", "server": "servidor"}',
+        "glossary.csv": "Source,Target\ncloud, nube\n\nserver,servidor\n",
+        "headless.csv": "cloud;nube\nserver;servidor\n",
+        "broken.json": '{"cloud": "nube",}',
+        "list.json": '["cloud", "nube"]',
+        "number.json": '{"cloud": 3}',
+        "empty.json": "{}",
+        "twice.json": '{"cloud": "nube", "cloud": "nubes"}',
+        "wide.csv": "source,target\ncloud,nube,extra\n",
+        "twice.csv": "cloud,nube\nserver,servidor\ncloud,nubes\n",
+        "header_only.csv": "source,target\n",
+        "terms.txt": "ACME\n\n  Kubernetes  \n",
+        "blank_terms.txt": "\n  \n",
+        "cloud_term.txt": "cloud\n",
+    }
+    for name, content in files.items():
+        (folder / name).write_text(content, encoding="utf-8")
+    (folder / "latin1_terms.txt").write_bytes(b"caf\xe9\n")
+    return folder
+
+
+OPTION_ERRORS = [
+    (
+        "detected without auto",
+        ["--detected-column", "lang"],
+        "needs --source-lang auto",
+    ),
+    (
+        "glossary missing",
+        ["--glossary", "{dir}/absent.json"],
+        "Cannot read the glossary file '{dir}/absent.json'",
+    ),
+    (
+        "glossary csv missing",
+        ["--glossary", "{dir}/absent.csv"],
+        "Cannot read the glossary file '{dir}/absent.csv'",
+    ),
+    (
+        "invalid json",
+        ["--glossary", "{dir}/broken.json"],
+        "Glossary file '{dir}/broken.json' is not valid JSON",
+    ),
+    (
+        "json list",
+        ["--glossary", "{dir}/list.json"],
+        "must contain one JSON object mapping source terms to target terms",
+    ),
+    (
+        "json number",
+        ["--glossary", "{dir}/number.json"],
+        "Invalid glossary file '{dir}/number.json': glossary contains 3 of type int",
+    ),
+    ("json empty", ["--glossary", "{dir}/empty.json"], "has no entries"),
+    ("json duplicate", ["--glossary", "{dir}/twice.json"], "'cloud' twice"),
+    ("csv wide", ["--glossary", "{dir}/wide.csv"], "has 3 cells in row 2"),
+    ("csv duplicate", ["--glossary", "{dir}/twice.csv"], "twice, in rows 1 and 3"),
+    ("csv header only", ["--glossary", "{dir}/header_only.csv"], "has no entries"),
+    (
+        "terms missing",
+        ["--do-not-translate-file", "{dir}/absent.txt"],
+        "Cannot read the file of terms '{dir}/absent.txt'",
+    ),
+    ("terms blank", ["--do-not-translate-file", "{dir}/blank_terms.txt"], "no terms"),
+    (
+        "terms not utf-8",
+        ["--do-not-translate-file", "{dir}/latin1_terms.txt"],
+        "is not valid UTF-8",
+    ),
+    (
+        "empty term",
+        ["--do-not-translate", " "],
+        "do_not_translate contains an empty term",
+    ),
+    (
+        "term in both",
+        ["--glossary", "{dir}/glossary.json", "--do-not-translate", "cloud"],
+        "The term 'cloud' is in both do_not_translate and glossary",
+    ),
+    (
+        "file term in both",
+        [
+            "--glossary",
+            "{dir}/glossary.csv",
+            "--do-not-translate-file",
+            "{dir}/cloud_term.txt",
+        ],
+        "The term 'cloud' is in both do_not_translate and glossary",
+    ),
+    (
+        "score column exists",
+        ["--score-column", "note"],
+        "Column 'note' already exists",
+    ),
+    (
+        "score column twice",
+        ["--score-column", "text_es"],
+        "--output-column and --score-column both name the column 'text_es'",
+    ),
+]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [case[1:] for case in OPTION_ERRORS],
+    ids=[case[0] for case in OPTION_ERRORS],
+)
+def test_invalid_option_one_line(
+    no_backend: None,
+    small_csv: Path,
+    option_files: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    fragment: str,
+) -> None:
+    output = tmp_path / "out.csv"
+    extra = [arg.format(dir=option_files) for arg in args]
+
+    code = cli.main(translate_args(small_csv, output, *extra))
+
+    stderr = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE
+    assert fragment.format(dir=option_files) in stderr
+    assert stderr.startswith("error: ")
+    assert stderr.count("\n") == 1, stderr
+    assert not output.exists()
+
+
+@pytest.mark.unit
+def test_unknown_format_rejected(
+    no_backend: None,
+    small_csv: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(translate_args(small_csv, tmp_path / "out.csv", "--format", "xml"))
+
+    assert caught.value.code == cli.EXIT_USAGE
+    assert "invalid choice: 'xml'" in capsys.readouterr().err
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--collect", "job-1", "out.csv", "--score-column", "s"], "--score-column"),
+        (["--collect", "job-1", "out.csv", "--glossary", "g.csv"], "--glossary"),
+        (["--status", "job-1", "--format", "html"], "--format"),
+        (["--status", "job-1", "--do-not-translate", "ACME"], "--do-not-translate"),
+    ],
+    ids=["collect score", "collect glossary", "status format", "status term"],
+)
+def test_mode_rejects_request_options(
+    no_backend: None, capsys: pytest.CaptureFixture[str], argv: list[str], option: str
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(argv)
+
+    assert caught.value.code == cli.EXIT_USAGE
+    assert f"cannot be combined with {option}" in capsys.readouterr().err
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("glossary", ["glossary.json", "glossary.csv", "headless.csv"])
+def test_glossary_reaches_job(
+    backend: FakeBackend, small_csv: Path, option_files: Path, glossary: str
+) -> None:
+    code = cli.main(
+        translate_args(
+            small_csv,
+            small_csv.parent / "out.csv",
+            "--format",
+            "HTML",
+            "--glossary",
+            str(option_files / glossary),
+            "--do-not-translate",
+            "ACME Cloud",
+            "--do-not-translate-file",
+            str(option_files / "terms.txt"),
+        )
+    )
+
+    assert code == cli.EXIT_OK
+    (record,) = backend.jobs.values()
+    assert record["options"] == TranslationOptions(
+        format="html",
+        do_not_translate=("ACME Cloud", "ACME", "Kubernetes"),
+        glossary={"cloud": "nube", "server": "servidor"},
+    )
+
+
+@pytest.mark.unit
+def test_default_options_reach_job(
+    backend: FakeBackend, small_csv: Path, tmp_path: Path
+) -> None:
+    cli.main(translate_args(small_csv, tmp_path / "out.csv"))
+
+    (record,) = backend.jobs.values()
+    assert record["options"] == TranslationOptions()
+    assert record["meta"]["detected_column"] is None
+    assert record["meta"]["score_column"] is None
+
+
+@pytest.fixture
+def scored_backend(backend: FakeBackend) -> FakeBackend:
+    """A backend whose items carry scores and detected languages."""
+    backend.item_fields = {
+        "first line\nsecond line": {"score": 0.912345, "detected_source_lang": "en"},
+        'only "quotes"': {"score": 1.0, "detected_source_lang": "en"},
+        "semi;colon|pipe\ttab": {"score": 0.00004, "detected_source_lang": "es"},
+        "": {"score": None},
+    }
+    return backend
+
+
+@pytest.mark.unit
+def test_auto_adds_detected_and_score(
+    scored_backend: FakeBackend, small_csv: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "out.csv"
+    args = translate_args(
+        small_csv, output, "--detected-column", "lang", "--score-column", "score"
+    )
+    args[args.index("en")] = "AUTO"
+
+    code = cli.main(args)
+
+    assert code == cli.EXIT_OK
+    (record,) = scored_backend.jobs.values()
+    assert record["source_lang"] == "auto"
+    assert record["meta"]["detected_column"] == "lang"
+    assert record["meta"]["score_column"] == "score"
+    rows = read_csv(output)
+    assert rows[0] == ["id", "text", "note", "text_es", "lang", "score"]
+    assert [row[4:] for row in rows[1:]] == [
+        ["en", "0.9123"],
+        ["", ""],
+        ["", ""],
+        ["en", "1.0000"],
+        ["es", "0.0000"],
+    ]
+
+
+@pytest.mark.unit
+def test_score_column_after_extra_cells(
+    scored_backend: FakeBackend, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text('id,text\n1,only "quotes",extra\n2\n')
+    output = tmp_path / "out.csv"
+
+    cli.main(translate_args(source, output, "--score-column", "score"))
+
+    assert read_csv(output) == [
+        ["id", "text", "text_es", "score"],
+        ["1", 'only "quotes"', '[es] only "quotes"', "1.0000", "extra"],
+        ["2", "", "", ""],
+    ]
+
+
+@pytest.mark.unit
+def test_collect_writes_added_columns(
+    scored_backend: FakeBackend,
+    small_csv: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sync_output = tmp_path / "sync.csv"
+    collected = tmp_path / "collected.csv"
+    extra = ("--score-column", "score")
+    cli.main(translate_args(small_csv, sync_output, *extra))
+    cli.main(translate_args(small_csv, tmp_path / "unused.csv", *extra, "--async"))
+    job_id = capsys.readouterr().out.strip().splitlines()[-1]
+
+    code = cli.main(["--collect", job_id, str(collected), "--no-progress"])
+
+    assert code == cli.EXIT_OK
+    assert read_csv(collected)[0][-1] == "score"
+    assert collected.read_bytes() == sync_output.read_bytes()
+
+
+@pytest.fixture
+def flagged_backend(backend: FakeBackend) -> FakeBackend:
+    """A backend whose items report dropped terms on row 1 and errors on 4, 5."""
+    dropped = {"unrestored": [{"kind": "glossary", "source": "cloud"}]}
+    failed = {"error": "The language of this text could not be detected."}
+    backend.item_fields = {
+        "first line\nsecond line": dropped,
+        'only "quotes"': failed,
+        "semi;colon|pipe\ttab": failed,
+    }
+    return backend
+
+
+@pytest.mark.unit
+def test_flagged_rows_in_summary(
+    flagged_backend: FakeBackend,
+    small_csv: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cli.main(translate_args(small_csv, tmp_path / "a.csv", "--json"))
+    report = json.loads(capsys.readouterr().out)
+    cli.main(translate_args(small_csv, tmp_path / "b.csv"))
+    line = capsys.readouterr().out
+
+    assert report["unrestored"] == 1
+    assert report["errors"] == 2
+    assert line.count("\n") == 1
+    assert "1 row lost protected spans or glossary terms" in line
+    assert "2 rows failed and kept their source text" in line
+    assert "--verbose" in line
+
+
+@pytest.mark.unit
+def test_summary_without_flagged_rows(
+    backend: FakeBackend,
+    small_csv: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cli.main(translate_args(small_csv, tmp_path / "out.csv", "--json"))
+    report = json.loads(capsys.readouterr().out)
+
+    assert report["unrestored"] == 0
+    assert report["errors"] == 0
+
+
+@pytest.mark.unit
+def test_verbose_logs_row_numbers(
+    flagged_backend: FakeBackend,
+    small_csv: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=cli.__name__)
+
+    cli.main(translate_args(small_csv, tmp_path / "out.csv", "--verbose"))
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(
+        message.endswith("lost protected spans or glossary terms: 1")
+        for message in messages
+    )
+    assert any(
+        message.endswith("failed and kept their source text: 4, 5")
+        for message in messages
+    )
+    for message in messages:
+        assert "quotes" not in message
+        assert "semi;colon" not in message
 
 
 # Integration: a real Redis and Celery worker with tiny models.
@@ -1094,3 +1487,160 @@ def test_collect_unknown_id(cli_env: dict[str, str], tmp_path: Path) -> None:
     assert "No job with id 'not-a-job'" in completed.stderr
     assert "Traceback" not in completed.stderr
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.integration
+def test_score_column_values(
+    cli_env: dict[str, str], sync_run: SyncRun, tmp_path: Path
+) -> None:
+    output = tmp_path / "scored.csv"
+
+    run_cli(
+        cli_env,
+        *english_args(output, "--score-column", "score", "--no-progress"),
+        check=True,
+    )
+
+    source = read_csv(ENGLISH_FILE)
+    written = read_csv(output)
+    translations = [row[4] for row in read_csv(sync_run.output)[1:]]
+    assert written[0] == [*source[0], "text_es", "score"]
+    assert [row[4] for row in written[1:]] == translations
+    for row, original in zip(written[1:], source[1:], strict=True):
+        score = row[5]
+        if cli.needs_model(original[1]):
+            assert re.fullmatch(r"[01]\.\d{4}", score), (original[0], score)
+            assert 0 < float(score) <= 1, (original[0], score)
+        else:
+            assert score == "", original[0]
+
+
+@pytest.mark.integration
+def test_auto_detected_column(cli_env: dict[str, str], tmp_path: Path) -> None:
+    output = tmp_path / "mixed_es.csv"
+
+    completed = run_cli(
+        cli_env,
+        str(MIXED_FILE),
+        str(output),
+        "--source-lang",
+        "auto",
+        "--target-lang",
+        "es",
+        "--detected-column",
+        "detected",
+        "--no-progress",
+        "--json",
+        check=True,
+    )
+
+    summary = json.loads(completed.stdout)
+    rows = read_csv(output)
+    assert rows[0] == ["id", "lang", "text", "text_es", "detected"]
+    assert len(rows) == 11
+    for row in rows[1:]:
+        assert row[4] == row[1], f"row {row[0]}: expected {row[1]!r}, got {row[4]!r}"
+        assert bool(row[3].strip()) == bool(row[2].strip())
+    assert summary["errors"] == 0
+
+
+class TagCollector(HTMLParser):
+    """Collect the start, end and self-closing tags of a document, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, str, list[tuple[str, str | None]]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(("start", tag, attrs))
+
+    def handle_endtag(self, tag: str) -> None:
+        self.tags.append(("end", tag, []))
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(("startend", tag, attrs))
+
+
+def tag_sequence(document: str) -> list[tuple[str, str, list[tuple[str, str | None]]]]:
+    collector = TagCollector()
+    collector.feed(document)
+    collector.close()
+    return collector.tags
+
+
+HTML_CELLS = [
+    "<p>The weather is <b>lovely</b> today, isn't it?</p>",
+    '<ul><li>Open the box.</li><li>Read the <a href="/guide?a=1&amp;b=2" '
+    'title="Guide">user guide</a> first.</li></ul>',
+    '<div class="note">Keep it dry.<br>Store it below <em>25 °C</em>.</div>',
+    '<h1>Welcome</h1><img src="logo.png" alt="Logo"/><p>Thanks for visiting.</p>',
+    "",
+]
+
+
+@pytest.mark.integration
+def test_html_keeps_tags(cli_env: dict[str, str], tmp_path: Path) -> None:
+    source = tmp_path / "pages.csv"
+    with source.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "html"])
+        writer.writerows([index, cell] for index, cell in enumerate(HTML_CELLS, 1))
+    output = tmp_path / "pages_es.csv"
+
+    run_cli(
+        cli_env,
+        str(source),
+        str(output),
+        "--text-column",
+        "html",
+        "--source-lang",
+        "en",
+        "--target-lang",
+        "es",
+        "--format",
+        "html",
+        "--no-progress",
+        check=True,
+    )
+
+    rows = read_csv(output)
+    assert rows[0] == ["id", "html", "html_es"]
+    for row, cell in zip(rows[1:], HTML_CELLS, strict=True):
+        assert tag_sequence(row[2]) == tag_sequence(cell), row[0]
+        if cell:
+            assert row[2] != cell, f"row {row[0]} was not translated"
+        else:
+            assert row[2] == ""
+
+
+@pytest.mark.unit
+def test_unterminated_quote_is_rejected(
+    no_backend: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "open_quote.csv"
+    source.write_text('id,text\n1,"Hello there\n2,Second row\n3,Third row\n')
+    output = tmp_path / "out.csv"
+
+    code = cli.main(translate_args(source, output))
+
+    stderr = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE
+    assert "not valid CSV" in stderr
+    assert not output.exists()
+
+
+@pytest.mark.unit
+def test_duplicate_text_column_is_rejected(
+    no_backend: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "twice.csv"
+    source.write_text("text,id,text\nHello,1,World\n")
+    output = tmp_path / "out.csv"
+
+    code = cli.main(translate_args(source, output))
+
+    stderr = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE
+    assert "'text' appears 2 times" in stderr
+    assert "columns 1, 3" in stderr
+    assert not output.exists()

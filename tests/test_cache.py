@@ -310,3 +310,27 @@ class TestWithRedis:
             assert client.llen("bulk") == 1
             assert cache.redis.count_entries()[0] < 3_000
             cache.disk.close()
+
+
+@pytest.mark.integration
+def test_clear_seen_through_shared_disk_during_outage(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A process that missed a clear learns it from the shared disk tier."""
+    from core.cache import RedisTier
+
+    first = TranslationCache(make_settings(tmp_path, redis_url))
+    second = TranslationCache(make_settings(tmp_path, redis_url))
+    assert first.get_many(["warm"]) == {}
+    assert second.get_many(["warm"]) == {}
+
+    first.clear()
+    first.set_many({"k": {"translation": "hola"}})
+    second.redis = RedisTier(
+        f"redis://127.0.0.1:{free_port()}/0", "trans:", 60, 0.2, 0.5
+    )
+    hits = second.get_many(["k"])
+    assert set(hits) == {"k"}
+    assert hits["k"].tier == "disk"
+    first.disk.close()
+    second.disk.close()

@@ -167,6 +167,52 @@ def test_bad_request_is_json(stack: dict[str, Any]) -> None:
     }
 
 
+def raw_request(stack: dict[str, Any], payload: bytes) -> tuple[int, dict[str, Any]]:
+    """Send raw bytes to the API and return the status and JSON body."""
+    import socket
+
+    port = int(stack["env"]["PORT"])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(payload)
+        received = b""
+        while True:
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body)
+
+
+def chunked_request(chunks: list[bytes]) -> bytes:
+    head = (
+        b"POST /api/translate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    return head + b"".join(chunks)
+
+
+def test_chunked_body_over_limit_is_413(stack: dict[str, Any]) -> None:
+    text = "a" * 3_000_000
+    body = json.dumps({"text": text, "source_lang": "en", "target_lang": "es"})
+    data = body.encode()
+    pieces = [
+        b"%x\r\n%s\r\n" % (len(data[i : i + 65536]), data[i : i + 65536])
+        for i in range(0, len(data), 65536)
+    ]
+    status, answer = raw_request(stack, chunked_request([*pieces, b"0\r\n\r\n"]))
+    assert status == 413
+    assert answer["code"] == "request_too_large"
+
+
+def test_bad_chunk_size_is_400(stack: dict[str, Any]) -> None:
+    status, answer = raw_request(stack, chunked_request([b"zz\r\n{}\r\n0\r\n\r\n"]))
+    assert status == 400
+    assert answer["success"] is False
+
+
 def read_rows(path: Path, encoding: str) -> list[dict[str, str]]:
     with path.open(encoding=encoding, newline="") as handle:
         return list(csv.DictReader(handle))

@@ -164,3 +164,32 @@ def test_records_expire(job_redis: redis.Redis) -> None:
     assert 0 < job_redis.ttl(f"mt:job:{job_id}") <= 600
     assert 0 < job_redis.ttl(f"mt:job:{job_id}:chunks") <= 600
     assert job_redis.ttl(f"mt:jobknown:{job_id}") > 600
+
+
+def test_wait_raises_503_when_redis_down(clean_env: pytest.MonkeyPatch) -> None:
+    from tests.helpers import free_port
+
+    clean_env.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    clean_env.setenv("REDIS_TIMEOUT", "0.2")
+    _reset_process_state()
+    started = time.monotonic()
+    with pytest.raises(jobs.BackendUnavailable):
+        jobs.wait_for_task("some-task", time.monotonic() + 30, "some-job")
+    assert time.monotonic() - started < 5
+
+
+def test_outage_is_ridden_out_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"count": 0}
+
+    def flaky() -> str:
+        calls["count"] += 1
+        if calls["count"] < 3:
+            raise jobs.BackendUnavailable("Redis is down")
+        return "done"
+
+    monkeypatch.setattr(jobs, "OUTAGE_POLL_MAX_INTERVAL", 0.01)
+    assert jobs._outage_tolerant(flaky, (), True, "job") == "done"
+    assert calls["count"] == 3
+    calls["count"] = 0
+    with pytest.raises(jobs.BackendUnavailable):
+        jobs._outage_tolerant(flaky, (), False, "job")
