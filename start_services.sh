@@ -247,7 +247,8 @@ if [[ -f app_streamlit.py ]]; then
     die "app_streamlit.py exists but streamlit is not installed in $VENV_DIR."
   start_service streamlit "$VENV_DIR/bin/streamlit" run app_streamlit.py \
     --server.address "$HOST" --server.port "$STREAMLIT_PORT" \
-    --server.headless true --browser.gatherUsageStats false
+    --server.headless true --browser.gatherUsageStats false \
+    --server.maxUploadSize "${UI_MAX_UPLOAD_MB:-50}"
 fi
 
 wait_ready worker worker_ping

@@ -149,6 +149,11 @@ class Settings:
     cache_redis_ttl: int = 30 * 24 * 3600
     cache_prefix: str = "trans:"
 
+    # Browser UI uploads.
+    ui_max_upload_mb: int = 50
+    ui_max_upload_rows: int = 100_000
+    ui_upload_dir: Path | None = None
+
     # Request limits and deadlines.
     max_text_chars: int = 5_000
     max_batch_texts: int = 1_000
@@ -210,6 +215,9 @@ def load_settings() -> Settings:
         cache_disk_bytes=_env_int("CACHE_DISK_BYTES", 1_073_741_824, minimum=0),
         cache_redis_ttl=_env_int("CACHE_REDIS_TTL", 30 * 24 * 3600, minimum=1),
         cache_prefix=_env_str("CACHE_PREFIX", "trans:"),
+        ui_max_upload_mb=_env_int("UI_MAX_UPLOAD_MB", 50, minimum=1),
+        ui_max_upload_rows=_env_int("UI_MAX_UPLOAD_ROWS", 100_000, minimum=1),
+        ui_upload_dir=_env_path("UI_UPLOAD_DIR", None),
         max_text_chars=_env_int("MAX_TEXT_CHARS", 5_000, minimum=1),
         max_batch_texts=_env_int("MAX_BATCH_TEXTS", 1_000, minimum=1),
         max_request_bytes=_env_int("MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=1),
