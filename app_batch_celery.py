@@ -178,7 +178,7 @@ class WriteSummary:
     rows: int = 0
     translated: int = 0
     cache_hits: int = 0
-    empty: int = 0
+    unchanged: int = 0
     extra_fields_rows: int = 0
     short_rows: int = 0
     unrestored_rows: list[int] = field(default_factory=list)
@@ -194,8 +194,10 @@ class WriteSummary:
         are kept for the --verbose log.
         """
         self.rows += 1
-        if not needs_model(text):
-            self.empty += 1
+        if not needs_model(text) or item.get("model") is None:
+            # Empty cells, cells without words, text already in the target
+            # language and cells made only of protected spans.
+            self.unchanged += 1
         elif item.get("cached"):
             self.cache_hits += 1
         else:
@@ -981,7 +983,7 @@ def _print_written(
             "rows": summary.rows,
             "translated": summary.translated,
             "cache_hits": summary.cache_hits,
-            "empty": summary.empty,
+            "unchanged": summary.unchanged,
             "unrestored": summary.unrestored,
             "errors": summary.errors,
         }
@@ -990,7 +992,7 @@ def _print_written(
     print(
         f"Wrote {summary.rows} rows to {output_path} (job {job_id}: "
         f"{summary.translated} translated, {summary.cache_hits} rows from the cache, "
-        f"{summary.empty} empty).{_flagged_counts(summary)}"
+        f"{summary.unchanged} left unchanged).{_flagged_counts(summary)}"
     )
 
 

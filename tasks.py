@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery, Task, signals
+from celery.app import trace as celery_trace
 
 from core import cache as cache_module
 from core import jobs, models, store, workers
@@ -23,12 +24,16 @@ from core.broker import BROKER_ERRORS
 from core.cache import get_cache
 from core.config import get_settings
 from core.options import TranslationOptions
-from core.pipeline import Pipeline
+from core.pipeline import Pipeline, detect_with_cache
 
 logger = logging.getLogger(__name__)
 
 app = Celery("tasks")
 app.config_from_object("celery_config")
+
+# Celery logs every task's return value at INFO by default; results hold
+# user text, which this service logs only at DEBUG.
+celery_trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 
 _heartbeat: workers.Heartbeat | None = None
 
@@ -149,3 +154,20 @@ def _retire(**_: Any) -> None:
     if _heartbeat is not None:
         _heartbeat.stop()
         logger.info("Worker %s stopped", _heartbeat.hostname)
+
+
+@app.task(name="tasks.detect_language", bind=True)
+def detect_language(
+    self: Task, texts: list[str], candidates: list[str]
+) -> list[dict[str, Any]]:
+    """Detect the language of each text among ``candidates``, through the cache.
+
+    Returns ``{"language", "confidence"}`` per text, in order, under the same
+    cache keys as the detections of ``source_lang: "auto"``. ``language`` is
+    None when the detector cannot tell.
+    """
+    results = detect_with_cache(texts, candidates, run_detector=True)
+    logger.info(
+        "Task %s: detected the language of %d texts", self.request.id, len(texts)
+    )
+    return [result for result in results if result is not None]

@@ -352,6 +352,8 @@ def resolve_route(source_lang: object, target_lang: object) -> list[CheckpointRe
 def _pivot_pairs(source: str, target: str, served: list[Pair]) -> list[Pair] | None:
     if PIVOT_LANGUAGE in (base_language(source), base_language(target)):
         return None
+    if base_language(source) == base_language(target):
+        return None
     try:
         first = match_pair(source, PIVOT_LANGUAGE, served)
         second = match_pair(PIVOT_LANGUAGE, target, served)

@@ -65,10 +65,29 @@ def _public(value: dict[str, Any], cached: bool, tier: str | None) -> Item:
     return item
 
 
+# Detection considers every language the detector knows, so a text in a
+# language this deployment does not serve is reported as such instead of being
+# forced onto the nearest served language.
+ALL_LANGUAGES: tuple[str, ...] = ()
+# NOTE: chosen by hand for py3langid's normalised probabilities over all its
+# languages: clear sentences score above 0.9, while a word like "ok" scores
+# far lower. Below it a text is reported as undetected.
+MIN_DETECTION_CONFIDENCE = 0.3
+
+
 def detection_candidates(target_lang: str) -> list[str]:
     """Languages ``auto`` may detect: every served source, plus the target."""
     sources = {base_language(source) for source, _ in models.served_pairs()}
     return sorted(sources | {base_language(target_lang)})
+
+
+def detection_text(text: str, options: TranslationOptions) -> str:
+    """The part of a text whose language is detected: text nodes for HTML."""
+    if options.format != "html":
+        return text
+    from core import markup
+
+    return " ".join(markup.extract(text).texts)
 
 
 class Pipeline:
@@ -127,15 +146,15 @@ class Pipeline:
     # Language detection.
 
     def _run_auto(self, texts: list[str], target_lang: str) -> list[Item | None]:
-        candidates = detection_candidates(target_lang)
-        detections = self._detect(texts, candidates)
+        probes = [detection_text(text, self.options) for text in texts]
+        detections = self._detect(probes, list(ALL_LANGUAGES))
         items: list[Item | None] = [None] * len(texts)
         groups: dict[str, list[int]] = {}
         for index, detection in enumerate(detections):
             if detection is None:
                 continue
             language = detection["language"]
-            if language is None:
+            if language is None or detection["confidence"] < MIN_DETECTION_CONFIDENCE:
                 items[index] = self._undetected(texts[index], detection)
                 self._advance(1)
             elif language == base_language(target_lang):
@@ -177,30 +196,7 @@ class Pipeline:
     def _detect(
         self, texts: list[str], candidates: list[str]
     ) -> list[dict[str, Any] | None]:
-        keys = [detection_key(text, candidates) for text in texts]
-        hits = get_cache().get_many(keys)
-        results: list[dict[str, Any] | None] = []
-        for key in keys:
-            hit = hits.get(key)
-            results.append(None if hit is None else hit.value)
-        if not self.worker:
-            return results
-
-        missing = [index for index, result in enumerate(results) if result is None]
-        if missing:
-            from core.detection import detect
-
-            detected = detect([texts[index] for index in missing], candidates)
-            new_entries = {}
-            for index, detection in zip(missing, detected, strict=True):
-                value = {
-                    "language": detection.language,
-                    "confidence": detection.confidence,
-                }
-                results[index] = value
-                new_entries[keys[index]] = value
-            get_cache().set_many(new_entries)
-        return results
+        return detect_with_cache(texts, candidates, run_detector=self.worker)
 
     # Routes.
 
@@ -328,21 +324,35 @@ class Pipeline:
             units.append((document, masked, len(strings)))
             strings.extend(entry.text for entry in masked)
 
+        all_masked = [entry for _, masked, _ in units for entry in masked]
+        wanted = self._model_inputs(all_masked)
         outputs = list(strings)
-        scores: list[float | None] = [1.0] * len(strings)
+        scores: list[float | None] = [None] * len(strings)
         for ref in route:
+            if not wanted:
+                break
             loaded = models.load_checkpoint(ref)
-            scored = translate_texts_scored(loaded, outputs, ref.source)
-            outputs = [entry.text for entry in scored]
-            scores = [
-                _multiply(old, entry.score)
-                for old, entry in zip(scores, scored, strict=True)
-            ]
+            scored = translate_texts_scored(
+                loaded, [outputs[index] for index in wanted], ref.source
+            )
+            for index, entry in zip(wanted, scored, strict=True):
+                outputs[index] = entry.text
+                scores[index] = _multiply(scores[index], entry.score)
 
         names = [ref.name for ref in route]
         return [
             self._finish(document, masked, outputs, scores, offset, names)
             for document, masked, offset in units
+        ]
+
+    def _model_inputs(self, masked: list[Any]) -> list[int]:
+        """Indexes of the masked strings with words left outside placeholders."""
+        from core import protect
+
+        return [
+            index
+            for index, entry in enumerate(masked)
+            if needs_model(protect.without_placeholders(entry))
         ]
 
     def _finish(
@@ -365,17 +375,55 @@ class Pipeline:
         translation = document.render(restored) if document is not None else restored[0]
         weights = [len(entry.text) for entry in masked]
         node_scores = scores[offset : offset + len(masked)]
+        score = _weighted_score(node_scores, weights)
+        reached_model = any(value is not None for value in node_scores)
         item: Item = {
             "translation": translation,
-            "model": names[-1],
-            "models": names,
-            "score": _weighted_score(node_scores, weights),
+            "model": names[-1] if reached_model else None,
+            "models": names if reached_model else [],
+            "score": score,
         }
-        if len(names) > 1:
+        if len(names) > 1 and reached_model:
             item["pivot"] = PIVOT
         if unrestored:
             item["unrestored"] = unrestored
         return item
+
+
+def detect_with_cache(
+    texts: Sequence[str], candidates: Sequence[str], *, run_detector: bool
+) -> list[dict[str, Any] | None]:
+    """Return ``{"language", "confidence"}`` per text from the detection cache.
+
+    With ``run_detector`` (workers only, since the detector needs numpy and
+    its model), misses are detected and cached; otherwise they stay None.
+    """
+    keys = [detection_key(text, candidates) for text in texts]
+    hits = get_cache().get_many(keys)
+    results: list[dict[str, Any] | None] = []
+    for key in keys:
+        hit = hits.get(key)
+        if hit is None:
+            results.append(None)
+        else:
+            value = hit.value
+            results.append(
+                {"language": value["language"], "confidence": value["confidence"]}
+            )
+    missing = [index for index, result in enumerate(results) if result is None]
+    if not run_detector or not missing:
+        return results
+
+    from core.detection import detect
+
+    detected = detect([texts[index] for index in missing], list(candidates))
+    new_entries = {}
+    for index, detection in zip(missing, detected, strict=True):
+        value = {"language": detection.language, "confidence": detection.confidence}
+        results[index] = value
+        new_entries[keys[index]] = value
+    get_cache().set_many(new_entries)
+    return results
 
 
 def _fields(detection: dict[str, Any]) -> dict[str, Any]:
@@ -401,7 +449,7 @@ def _weighted_score(scores: list[float | None], weights: list[int]) -> float | N
     if not pairs:
         return None
     total = sum(weight for _, weight in pairs)
-    return round(sum(score * weight for score, weight in pairs) / total, 6)
+    return sum(score * weight for score, weight in pairs) / total
 
 
 def _chain_item(head: Item, last: Item, route: list[CheckpointRef]) -> Item:

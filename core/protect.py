@@ -356,6 +356,17 @@ def mask(
     return Masked(text, [])
 
 
+def without_placeholders(masked: Masked) -> str:
+    """Return the masked text with its placeholders removed.
+
+    What is left is what the model would have to translate; a text made only
+    of protected spans leaves no words and can skip the model.
+    """
+    if not masked.spans:
+        return masked.text
+    return _placeholder_pattern(masked.marker).sub(" ", masked.text)
+
+
 def unmask(translated: str, masked: Masked) -> Unmasked:
     """Put the replacement of each span back in place of its placeholder.
 
@@ -439,6 +450,13 @@ def _check_term(field: str, term: object, label: str) -> str:
             f"{field} contains {_preview(term)} of type {type(term).__name__}. "
             f"Each {label} must be a string."
         )
+    try:
+        term.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{field} contains a {label} with a lone UTF-16 surrogate, which is "
+            "not valid Unicode. Send the terms as valid UTF-8."
+        ) from None
     if not term.strip():
         raise ValueError(
             f"{field} contains an empty {label} {term!r}. "

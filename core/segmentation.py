@@ -20,10 +20,11 @@ import sentencex
 
 logger = logging.getLogger(__name__)
 
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# The line boundaries of str.splitlines, kept verbatim between pieces.
+_LINE_BREAK = re.compile(r"\r\n|[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 _WHITESPACE_RUN = re.compile(r"\s+")
-# Two or more consecutive Unicode letters: no digits, underscores or marks.
-_LETTER_RUN = re.compile(r"[^\W\d_]{2,}")
+# A piece needs this many consecutive Unicode letters to reach the model.
+MIN_LETTER_RUN = 2
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,17 @@ def has_letters(text: str) -> bool:
     Pieces without one, such as ``12.5``, ``A4``, ``Q-7`` or ``---``, have
     nothing to translate and are copied to the output instead.
     """
-    return _LETTER_RUN.search(text) is not None
+    run = 0
+    for character in text:
+        # Unicode letters only (categories L*): numeric symbols such as
+        # "①", "½" or "Ⅻ" do not count, although \w matches them.
+        if unicodedata.category(character).startswith("L"):
+            run += 1
+            if run >= MIN_LETTER_RUN:
+                return True
+        else:
+            run = 0
+    return False
 
 
 def split_text(

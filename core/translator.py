@@ -170,8 +170,13 @@ def _combined_score(outputs: list[_PieceOutput], scored: bool) -> float | None:
 
 
 def with_target_token(piece: str, target_token: str | None) -> str:
-    """Put ``target_token`` before ``piece`` unless it starts with such a token."""
-    if target_token is None or _TARGET_TOKEN.match(piece):
+    """Put ``target_token`` before ``piece``.
+
+    The requested token always comes first, so a ``>>xx<<`` that the user
+    typed at the start of the text is read by the tokenizer as plain text and
+    cannot change the target language.
+    """
+    if target_token is None:
         return piece
     return f"{target_token} {piece}"
 

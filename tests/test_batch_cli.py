@@ -566,7 +566,7 @@ def test_translate_keeps_rows(
     assert output.read_bytes().startswith(b"id,text,note,text_es\n")
     summary = json.loads(capsys.readouterr().out)
     assert summary["rows"] == 5
-    assert summary["empty"] == 1
+    assert summary["unchanged"] == 1
     assert summary["translated"] == 4
 
 

@@ -307,3 +307,89 @@ def test_long_text_keeps_line_breaks(client: FlaskClient) -> None:
     assert output.count("\r\n\r\n") == 1
     assert output.count("\n\n\n") == 1
     assert re.sub(r"[^\r\n]", "", output) == re.sub(r"[^\r\n]", "", text)
+
+
+def test_user_token_cannot_change_target(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    item = translate(
+        client, text=unique(">>fr<< Hello world"), source_lang="en", target_lang="it"
+    )
+    assert item["model"] == "opus-mt-en-ROMANCE"
+    assert ">>" not in item["translation"]
+
+
+def test_auto_reports_unserved_language(client: FlaskClient) -> None:
+    texts = [
+        "Oggi il tempo è molto bello e andiamo al mare con i nostri amici italiani",
+        "Aujourd'hui il fait très beau et nous allons à la plage avec nos amis",
+    ]
+    response = client.post(
+        "/api/batch", json={"texts": texts, "source_lang": "auto", "target_lang": "es"}
+    )
+    assert response.status_code == 200, response.get_json()
+    items = response.get_json()["items"]
+    assert [item["detected_source_lang"] for item in items] == ["it", "fr"]
+    for item, text in zip(items, texts, strict=True):
+        assert item["translation"] == text
+        assert item["model"] is None
+        assert "error" in item
+
+
+def test_auto_html_detects_text_not_markup(client: FlaskClient) -> None:
+    html = (
+        '<div class="container main-content"><span class="highlight" '
+        'title="Click here for more information">Hola amigos, ¿cómo estáis hoy? '
+        "Vamos a la playa esta tarde</span></div>"
+    )
+    item = translate(
+        client, text=html, source_lang="auto", target_lang="es", format="html"
+    )
+    assert item["detected_source_lang"] == "es"
+    assert item["translation"] == html
+
+
+def test_same_language_pair_is_400(client: FlaskClient) -> None:
+    response = client.post(
+        "/api/translate",
+        json={"text": "Hola amigo", "source_lang": "es", "target_lang": "es"},
+    )
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "https://example.com/path?q=1",
+        "john@example.com",
+        "5 kg",
+        "https://a.io\nhttps://b.io",
+    ],
+)
+def test_only_protected_spans_skip_model(client: FlaskClient, text: str) -> None:
+    item = translate(client, text=text, source_lang="en", target_lang="es")
+    assert item["translation"] == text
+    assert item["model"] is None
+    assert "unrestored" not in item
+
+
+def test_html_without_text_names_no_model(client: FlaskClient) -> None:
+    html = f"<div>12</div><code>hello world {time.time_ns()}</code>"
+    item = translate(
+        client, text=html, source_lang="en", target_lang="es", format="html"
+    )
+    assert item["translation"] == html
+    assert item["model"] is None
+    assert item["models"] == []
+
+
+def test_pivot_scores_are_positive(client: FlaskClient) -> None:
+    item = translate(
+        client,
+        text=f"<p>{unique('Guten Abend')}</p>",
+        source_lang="de",
+        target_lang="fr",
+        format="html",
+    )
+    assert item["pivot"] == "en"
+    assert 0 < item["score"] <= 1

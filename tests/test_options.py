@@ -63,3 +63,12 @@ def test_invalid_options_name_field(body: dict, fragment: str) -> None:
     with pytest.raises(InvalidRequest) as raised:
         TranslationOptions.from_request(body)
     assert fragment in raised.value.message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"glossary": {"cloud": "\ud800"}}, {"do_not_translate": ["\udfff"]}],
+)
+def test_lone_surrogate_terms_rejected(body: dict) -> None:
+    with pytest.raises(InvalidRequest, match="surrogate"):
+        TranslationOptions.from_request(body)

@@ -244,3 +244,18 @@ def test_join_own_texts_is_identity(pieces: list[str], max_tokens: int) -> None:
             assert len(segment.text) <= max_tokens or is_one_character(segment.text)
         else:
             assert segment.text != ""
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x0b", "\x0c", "\x85"])
+def test_unicode_line_separators_kept(separator: str) -> None:
+    text = f"First sentence here{separator}second sentence here"
+    segments = split_text(text, "en", lambda piece: len(piece.split()), 50)
+    assert "".join(segment.text for segment in segments) == text
+    assert any(
+        segment.text == separator and not segment.translate for segment in segments
+    )
+
+
+@pytest.mark.parametrize("text", ["①②", "½¼", "ⅫⅫ", "²³", "12:30", "A4"])
+def test_numeric_symbols_are_not_letters(text: str) -> None:
+    assert has_letters(text) is False

@@ -218,3 +218,13 @@ def test_queues_route_to_their_own_lists(
         assert client.llen("maintenance") == 1
         bulk_message = json.loads(client.lindex("bulk", 0))
         assert bulk_message["headers"]["task"] == "tasks.translate_batch"
+
+
+@pytest.mark.unit
+def test_worker_log_omits_task_results() -> None:
+    from celery.app import trace
+
+    import tasks
+
+    assert tasks.app is not None
+    assert "return_value" not in trace.LOG_SUCCESS

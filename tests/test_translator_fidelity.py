@@ -419,9 +419,11 @@ def test_target_token_once_per_row(monkeypatch: pytest.MonkeyPatch) -> None:
     assert romance.name == "opus-mt-en-ROMANCE"
     assert romance.target_token == ">>fr<<"
     assert len(rows) == 4
-    assert all(row[0] in token_ids for row in rows)
+    # The requested token leads every row exactly once; a ">>fr<<" typed by
+    # the user is plain text and never becomes the French token.
+    assert all(row[0] == es_id for row in rows)
     assert all(sum(token in token_ids for token in row) == 1 for row in rows)
-    assert sorted(row[0] for row in rows) == sorted([es_id, es_id, es_id, fr_id])
+    assert all(fr_id not in row for row in rows)
     assert all(">>" not in result.text for result in results)
 
 
@@ -438,7 +440,7 @@ def test_multi_target_default_token(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_target_token_helpers() -> None:
     assert with_target_token("Hello.", ">>es<<") == ">>es<< Hello."
-    assert with_target_token(">>fr<< Hello.", ">>es<<") == ">>fr<< Hello."
+    assert with_target_token(">>fr<< Hello.", ">>es<<") == ">>es<< >>fr<< Hello."
     assert with_target_token("Hello.", None) == "Hello."
     assert strip_target_tokens(">>es<< Hola.") == "Hola."
     assert strip_target_tokens("Hola >>fr<< mundo >>es<<") == "Hola mundo"
