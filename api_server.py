@@ -19,6 +19,7 @@ import redis
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from api_compat import register_compat_routes
 from core import dispatch, jobs, models, workers
 from core.cache import get_cache
 from core.config import get_settings
@@ -408,6 +409,7 @@ def create_app() -> Flask:
 
     register_routes(app)
     register_error_handlers(app)
+    register_compat_routes(app)
     return app
 
 

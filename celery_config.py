@@ -70,6 +70,7 @@ task_default_queue = "interactive"
 task_routes = {
     "tasks.translate_text": {"queue": "interactive"},
     "tasks.translate_batch": {"queue": "bulk"},
+    "tasks.detect_language": {"queue": "interactive"},
     "tasks.clear_cache": {"queue": "maintenance"},
     "tasks.get_cache_stats": {"queue": "maintenance"},
 }
