@@ -37,6 +37,12 @@ from core.store import redis_client
 logger = logging.getLogger(__name__)
 
 JSON_MIMETYPE = "application/json"
+# The opus-mt checkpoints are published under CC-BY 4.0, which asks for credit.
+MODEL_LICENSE = "CC-BY-4.0"
+MODEL_ATTRIBUTION = (
+    "OPUS-MT models by Helsinki-NLP "
+    "(Language Technology Research Group, University of Helsinki)"
+)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -273,6 +279,8 @@ def register_routes(app: Flask) -> None:
                         "source_name": language_name(route["source_lang"]),
                         "target_name": language_name(route["target_lang"]),
                         "model": route["models"][-1],
+                        "license": MODEL_LICENSE,
+                        "attribution": MODEL_ATTRIBUTION,
                     }
                     for route in routes
                 ],

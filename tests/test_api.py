@@ -241,6 +241,8 @@ def test_languages_lists_served_pairs(offline_client: FlaskClient) -> None:
     assert set(by_pair) == direct | multi_target | pivots
     assert by_pair[("en", "es")]["pivot"] is None
     assert by_pair[("en", "es")]["model"] == "opus-mt-en-es"
+    assert by_pair[("en", "es")]["license"] == "CC-BY-4.0"
+    assert "Helsinki-NLP" in by_pair[("en", "es")]["attribution"]
     assert by_pair[("en", "it")]["model"] == "opus-mt-en-ROMANCE"
     assert by_pair[("en", "it")]["pivot"] is None
     assert by_pair[("es", "de")]["pivot"] == "en"
