@@ -20,7 +20,8 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api_compat import register_compat_routes
-from core import dispatch, jobs, models, workers
+from api_docs import register_api_docs
+from core import dispatch, jobs, metrics, models, workers
 from core.cache import get_cache
 from core.config import get_settings
 from core.errors import (
@@ -404,7 +405,11 @@ def create_app() -> Flask:
     @app.after_request
     def finish_request(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1e3
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        elapsed_ms = elapsed * 1e3
+        rule = request.url_rule.rule if request.url_rule is not None else None
+        metrics.record_request(rule, request.method, response.status_code, elapsed)
+        metrics.record_request_characters(rule, response.status_code)
         logger.info(
             "Request %s %s %r -> %d in %.1f ms",
             g.get("request_id"),
@@ -418,6 +423,8 @@ def create_app() -> Flask:
     register_routes(app)
     register_error_handlers(app)
     register_compat_routes(app)
+    register_api_docs(app)
+    metrics.register_metrics_endpoint(app)
     return app
 
 

@@ -225,9 +225,22 @@ build_tiny_models() {
   done
 }
 
+# prometheus_client writes the metrics of every gunicorn worker and Celery
+# worker process here, and /metrics sums them. Old files are removed only when
+# neither service runs, because a running process keeps writing to its file.
+prepare_metrics_dir() {
+  export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-$RUN_DIR/prometheus}
+  mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+  PROMETHEUS_MULTIPROC_DIR=$(realpath "$PROMETHEUS_MULTIPROC_DIR")
+  if ! running_pid api >/dev/null && ! running_pid worker >/dev/null; then
+    find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -type f -delete
+  fi
+}
+
 install_requirements
 build_tiny_models
 mkdir -p "$RUN_DIR" "$LOG_DIR"
+prepare_metrics_dir
 start_redis
 
 # Celery's prefork pool and gunicorn's workers are children in the same process

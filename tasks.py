@@ -19,7 +19,7 @@ from celery import Celery, Task, signals
 from celery.app import trace as celery_trace
 
 from core import cache as cache_module
-from core import jobs, models, store, workers
+from core import jobs, metrics, models, store, workers
 from core.broker import BROKER_ERRORS
 from core.cache import get_cache
 from core.config import get_settings
@@ -154,6 +154,21 @@ def _retire(**_: Any) -> None:
     if _heartbeat is not None:
         _heartbeat.stop()
         logger.info("Worker %s stopped", _heartbeat.hostname)
+
+
+@signals.task_success.connect
+def _count_success(sender: Any = None, **_: Any) -> None:
+    metrics.record_task_outcome(getattr(sender, "name", None), "success")
+
+
+@signals.task_failure.connect
+def _count_failure(sender: Any = None, **_: Any) -> None:
+    metrics.record_task_outcome(getattr(sender, "name", None), "failure")
+
+
+@signals.task_retry.connect
+def _count_retry(sender: Any = None, **_: Any) -> None:
+    metrics.record_task_outcome(getattr(sender, "name", None), "retry")
 
 
 @app.task(name="tasks.detect_language", bind=True)

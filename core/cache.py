@@ -32,6 +32,7 @@ from typing import Any
 import diskcache
 import redis
 
+from core import metrics
 from core.config import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -526,6 +527,10 @@ class TranslationCache:
 
         for name, count in counts.items():
             self.local_stats[name] += count
+        for tier in ("memory", "disk", "redis"):
+            metrics.record_cache_lookups(
+                tier, counts[f"{tier}_hits"], counts[f"{tier}_misses"]
+            )
         self.redis.add_stats(counts)
         return hits
 

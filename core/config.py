@@ -124,6 +124,7 @@ class Settings:
     flower_port: int = 5555
     debug: bool = False
     log_level: str = "INFO"
+    metrics_token: str = ""
 
     # Models.
     model_dir: Path | None = None
@@ -191,6 +192,7 @@ def load_settings() -> Settings:
         streamlit_port=_env_int("STREAMLIT_PORT", 8501, minimum=1),
         flower_port=_env_int("FLOWER_PORT", 5555, minimum=1),
         debug=_env_bool("DEBUG", False),
+        metrics_token=os.environ.get("METRICS_TOKEN", "").strip(),
         log_level=_env_str(
             "LOG_LEVEL", "DEBUG" if _env_bool("DEBUG", False) else "INFO"
         ).upper(),
