@@ -94,11 +94,14 @@ def _swap(choices: LanguageChoices) -> None:
     pair = choices.swapped(state.source_lang, state.target_lang)
     if pair is None:
         return
-    state.source_lang, state.target_lang = pair
     result = state.get("text_result")
-    if result is not None:
+    if result is not None and result.get("pair") == (
+        state.source_lang,
+        state.target_lang,
+    ):
         state.text = result["translation"]
-        state.text_result = None
+    state.text_result = None
+    state.source_lang, state.target_lang = pair
 
 
 def _translate_text(text: str) -> None:
@@ -133,6 +136,7 @@ def _translate_text(text: str) -> None:
             "item": items[0],
             "translation": items[0]["translation"],
             "seconds": time.perf_counter() - started,
+            "pair": (state.source_lang, state.target_lang),
         }
 
     result = guarded(run)
@@ -148,7 +152,8 @@ def _show_badges(badges: list[ui_state.Badge]) -> None:
 
 def _show_text_result() -> None:
     result = state.get("text_result")
-    if result is None:
+    if result is None or result.get("pair") != (state.source_lang, state.target_lang):
+        # A result belongs to the languages it was made with.
         return
     item = result["item"]
     st.markdown("**Translation**")
@@ -191,13 +196,16 @@ def render_text_tab(choices: LanguageChoices) -> None:
     text = st.text_area(
         "Text to translate",
         key="text",
-        max_chars=limit,
         height=TEXT_AREA_HEIGHT,
         placeholder="Type or paste the text to translate.",
     )
     with st.container(horizontal=True, vertical_alignment="center"):
         clicked = st.button("Translate", type="primary", icon=":material/translate:")
-        st.caption(f"{len(text or ''):,} / {limit:,} characters")
+        length = len(text or "")
+        if length > limit:
+            st.caption(f":red[{length:,} / {limit:,} characters: over the limit]")
+        else:
+            st.caption(f"{length:,} / {limit:,} characters")
     if clicked:
         _translate_text(text or "")
     _show_text_result()
@@ -210,6 +218,7 @@ def _set_job(job: FileJob | None) -> None:
     state.file_job = job
     if job is None:
         st.query_params.pop(JOB_PARAM, None)
+        st.query_params["tab"] = TAB_FILE
     else:
         st.query_params[JOB_PARAM] = job.job_id
 
@@ -318,14 +327,22 @@ def render_upload_form(choices: LanguageChoices) -> None:
         )
     with source:
         if state.get("file_source_lang") not in choices.sources:
-            state.file_source_lang = state.get("source_lang", AUTO)
+            chosen = state.get("source_lang", AUTO)
+            state.file_source_lang = (
+                chosen
+                if chosen != AUTO
+                else (PREFERRED_SOURCE if PREFERRED_SOURCE in choices.sources else AUTO)
+            )
         st.selectbox(
             "From", choices.sources, format_func=ui_state.label, key="file_source_lang"
         )
     targets = choices.targets(state.file_source_lang)
     if state.get("file_target_lang") not in targets:
         preferred = state.get("target_lang")
-        state.file_target_lang = preferred if preferred in targets else targets[0]
+        others = [code for code in targets if code != state.file_source_lang]
+        state.file_target_lang = (
+            preferred if preferred in others else (others or targets)[0]
+        )
     with target:
         st.selectbox("To", targets, format_func=ui_state.label, key="file_target_lang")
     if st.button("Start translation", type="primary", icon=":material/play_arrow:"):
@@ -343,6 +360,14 @@ def _job_progress(job_id: str) -> None:
     progress = ui_state.progress_of(report)
     label = "Waiting for a worker…" if report["status"] == "queued" else "Translating"
     st.progress(progress.fraction, text=f"{label} · {progress.text}")
+    live = guarded(workers.live_workers)
+    if live == []:
+        st.warning(
+            "No translation worker is running, so the job is paused. It goes on "
+            "by itself, with nothing lost, once the service's worker is started "
+            "again; tell whoever runs the service.",
+            icon=":material/pause_circle:",
+        )
 
 
 def _cancel(job: FileJob) -> None:
@@ -364,11 +389,11 @@ def _show_done(job: FileJob) -> None:
         if written is None:
             return
     header, rows = ui_files.output_preview(job.upload, job.output_column)
-    st.success(
-        f"Done: {job.upload.rows:,} rows translated. The new column is "
-        f"**{job.output_column}**.",
-        icon=":material/check_circle:",
-    )
+    outcome = state.get(f"outcome-{job.job_id}")
+    if outcome is None:
+        outcome = guarded(lambda: ui_state.job_outcome(job.job_id))
+        state[f"outcome-{job.job_id}"] = outcome
+    _show_outcome(job, outcome)
     st.download_button(
         "Download the translated file",
         data=path.read_bytes,
@@ -380,6 +405,33 @@ def _show_done(job: FileJob) -> None:
     )
     st.caption(f"First {len(rows)} rows of the translated file")
     st.dataframe(_table(header, rows), hide_index=True)
+
+
+def _show_outcome(job: FileJob, outcome: ui_state.JobOutcome | None) -> None:
+    if outcome is None:
+        st.success(f"Done. The new column is **{job.output_column}**.")
+        return
+    message = (
+        f"Done: {outcome.translated:,} of {outcome.rows:,} rows translated into "
+        f"the new column **{job.output_column}**."
+    )
+    if outcome.unchanged == 0 and outcome.failed == 0:
+        st.success(message, icon=":material/check_circle:")
+        return
+    details = []
+    if outcome.unchanged:
+        details.append(
+            f"{outcome.unchanged:,} rows were copied unchanged: they are empty, "
+            "have no words, or are already in the target language"
+        )
+    if outcome.failed:
+        reasons = "; ".join(outcome.reasons)
+        details.append(
+            f"{outcome.failed:,} rows could not be translated and keep their "
+            f"source text ({reasons}). Pick the source language instead of "
+            "'Detect language' if it is known"
+        )
+    st.warning(f"{message} " + ". ".join(details) + ".", icon=":material/info:")
 
 
 def render_job(job: FileJob) -> None:

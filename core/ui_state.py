@@ -11,7 +11,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -292,6 +292,38 @@ def format_duration(seconds: float) -> str:
         return f"{minutes} min {seconds} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes} min"
+
+
+@dataclass
+class JobOutcome:
+    """How the rows of a finished job were handled."""
+
+    rows: int = 0
+    translated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+MAX_REASONS = 3
+
+
+def job_outcome(job_id: str) -> JobOutcome:
+    """Count translated, unchanged and failed rows of a finished job."""
+    outcome = JobOutcome()
+    deadline = time.monotonic() + get_settings().sync_timeout
+    for item in jobs.iter_items(job_id, deadline=deadline):
+        outcome.rows += 1
+        error = item.get("error")
+        if error:
+            outcome.failed += 1
+            if error not in outcome.reasons and len(outcome.reasons) < MAX_REASONS:
+                outcome.reasons.append(error)
+        elif item.get("model") is None:
+            outcome.unchanged += 1
+        else:
+            outcome.translated += 1
+    return outcome
 
 
 def translations(job_id: str) -> Iterator[str]:

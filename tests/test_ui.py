@@ -185,16 +185,18 @@ def test_empty_text_warns(ui_env: pytest.MonkeyPatch) -> None:
 
 
 def test_over_limit_text_not_sent(ui_env: pytest.MonkeyPatch) -> None:
-    """Streamlit drops a value over the text area's max_chars on the server."""
+    """A pasted text over the limit is kept whole, flagged and not sent."""
     calls: list[Any] = []
     ui_env.setattr(dispatch, "translate_sync", lambda *args, **kw: calls.append(1))
     ui_env.setenv("MAX_TEXT_CHARS", "10")
     app = new_app().run()
     app.text_area(key="text").input("x" * 11).run()
+    assert "11 / 10 characters: over the limit" in texts(app)
     app.button[1].click().run()
     assert not app.exception
     assert calls == []
-    assert "0 / 10 characters" in texts(app)
+    assert app.text_area(key="text").value == "x" * 11
+    assert "the limit is 10" in app.error[0].value
 
 
 def test_backend_down_is_message(ui_env: pytest.MonkeyPatch) -> None:
@@ -474,3 +476,41 @@ def test_clear_cache_needs_confirmation(ui_env: pytest.MonkeyPatch) -> None:
     next(b for b in app.button if b.label == "Yes, clear the cache").click().run()
     assert cleared == [True]
     assert "The cache was cleared" in app.success[0].value
+
+
+def test_result_hidden_after_language_change(ui_env: pytest.MonkeyPatch) -> None:
+    ui_env.setattr(
+        dispatch,
+        "translate_sync",
+        lambda texts_, *args, **kwargs: [fake_item(texts_[0])],
+    )
+    app = new_app().run()
+    app.selectbox[0].set_value("en").run()
+    app.selectbox[1].set_value("es").run()
+    app.text_area(key="text").input("Good morning.")
+    app.button[1].click().run()
+    assert len(app.code) == 1
+
+    app.selectbox[1].set_value("de").run()
+    assert len(app.code) == 0, "a result must not show under other languages"
+
+
+def test_job_outcome_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import jobs
+
+    items = [
+        {"translation": "hola", "model": "opus-mt-en-es"},
+        {"translation": "", "model": None},
+        {"translation": "Ciao", "model": None, "error": "Pair it-es is not served."},
+        {"translation": "Ciao", "model": None, "error": "Pair it-es is not served."},
+        {"translation": "12", "model": None},
+    ]
+    monkeypatch.setattr(jobs, "iter_items", lambda job_id, deadline=None: iter(items))
+    outcome = ui_state.job_outcome("job")
+    assert (outcome.rows, outcome.translated, outcome.unchanged, outcome.failed) == (
+        5,
+        1,
+        2,
+        2,
+    )
+    assert outcome.reasons == ["Pair it-es is not served."]
