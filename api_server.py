@@ -345,7 +345,7 @@ def register_error_handlers(app: Flask) -> None:
             )
         response = _error_response(error.status, error.message, error.code, **extra)
         if error.status == 503:
-            response.headers["Retry-After"] = "5"
+            response.headers["Retry-After"] = str(getattr(error, "retry_after", 5))
         return response
 
     @app.errorhandler(RequestEntityTooLarge)

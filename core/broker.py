@@ -14,7 +14,8 @@ import kombu.exceptions
 import redis
 from celery import Celery
 
-from core.errors import BackendUnavailable
+from core.config import get_settings
+from core.errors import BackendUnavailable, QueueFull
 from core.store import redis_client
 from core.workers import live_workers
 
@@ -66,6 +67,27 @@ def require_workers() -> list[dict[str, Any]]:
             "'celery -A tasks worker' or ./start_services.sh, then retry."
         )
     return workers
+
+
+def check_backpressure(queue: str = "bulk") -> int:
+    """Return the queue's depth, or raise ``QueueFull`` above ``MAX_BULK_QUEUE``.
+
+    Asynchronous jobs are refused while the bulk queue is this deep, so work
+    does not pile up faster than the workers can take it.
+    """
+    limit = get_settings().max_bulk_queue
+    try:
+        depth = int(redis_client().llen(queue))
+    except redis.RedisError as error:
+        raise BackendUnavailable(
+            f"The broker at Redis is unreachable ({error}). Start Redis and retry."
+        ) from None
+    if depth >= limit:
+        raise QueueFull(
+            f"The {queue!r} queue holds {depth} waiting tasks, at or over the "
+            f"limit of {limit} (MAX_BULK_QUEUE). Retry later, or add workers."
+        )
+    return depth
 
 
 def send(

@@ -166,6 +166,7 @@ class Settings:
     # Jobs and Celery.
     job_ttl: int = 24 * 3600
     chunk_size: int = 64
+    max_bulk_queue: int = 10_000
     worker_concurrency: int = 1
     worker_max_tasks_per_child: int = 200
     task_soft_time_limit: int = 270
@@ -228,6 +229,7 @@ def load_settings() -> Settings:
         redis_retry_interval=_env_float("REDIS_RETRY_INTERVAL", 2.0, minimum=0.0),
         job_ttl=_env_int("JOB_TTL", 24 * 3600, minimum=60),
         chunk_size=_env_int("CHUNK_SIZE", 64, minimum=1),
+        max_bulk_queue=_env_int("MAX_BULK_QUEUE", 10_000, minimum=1),
         worker_concurrency=_env_int("WORKER_CONCURRENCY", 1, minimum=1),
         worker_max_tasks_per_child=_env_int(
             "WORKER_MAX_TASKS_PER_CHILD", 200, minimum=1

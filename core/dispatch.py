@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core import jobs, models
-from core.broker import require_workers, send
+from core.broker import check_backpressure, require_workers, send
 from core.config import get_settings
 from core.errors import UnsupportedLanguagePair
 from core.languages import normalize_code
@@ -193,6 +193,7 @@ def submit_async(
     """Queue texts on the bulk queue as a job; return the job id."""
     settings = get_settings()
     require_workers()
+    check_backpressure(QUEUE_BULK)
     submission = Submission(
         kind,
         source_lang,

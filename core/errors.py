@@ -51,6 +51,14 @@ class BackendUnavailable(ServiceError):
 
     status = 503
     code = "backend_unavailable"
+    retry_after = 5
+
+
+class QueueFull(BackendUnavailable):
+    """The bulk queue is deeper than ``MAX_BULK_QUEUE``; new jobs must wait."""
+
+    code = "queue_full"
+    retry_after = 30
 
 
 class JobNotFound(ServiceError):
@@ -93,6 +101,7 @@ ERRORS_BY_NAME: dict[str, type[ServiceError]] = {
         InputTooLarge,
         ModelNotAvailable,
         BackendUnavailable,
+        QueueFull,
         JobNotFound,
         JobExpired,
         TranslationFailed,

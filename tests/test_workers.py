@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from core import workers
 from core.broker import require_workers
+from core.config import reset_settings
 from core.errors import BackendUnavailable
 from tests.conftest import _reset_process_state
 from tests.helpers import RedisServer, free_port
@@ -70,3 +72,37 @@ def test_fingerprint_published(own_redis: redis.Redis) -> None:
     raw = own_redis.get("mt:fingerprint:en-es")
     assert raw is not None
     assert json.dumps(raw.decode()) == '"abc"'
+
+
+def test_backpressure_refuses_async_jobs(
+    own_redis: redis.Redis, clean_env: pytest.MonkeyPatch, tiny_model_dir: Path
+) -> None:
+    from core.broker import check_backpressure
+    from core.errors import QueueFull
+
+    clean_env.setenv("MAX_BULK_QUEUE", "3")
+    clean_env.setenv("MODEL_DIR", str(tiny_model_dir))
+    reset_settings()
+    workers.Heartbeat("w3@host", {}).beat()
+    own_redis.rpush("bulk", "a", "b")
+    assert check_backpressure() == 2
+    own_redis.rpush("bulk", "c")
+    with pytest.raises(QueueFull, match="MAX_BULK_QUEUE"):
+        check_backpressure()
+
+    import api_server
+
+    client = api_server.create_app().test_client()
+    response = client.post(
+        "/api/batch",
+        json={
+            "texts": ["Hello"],
+            "source_lang": "en",
+            "target_lang": "es",
+            "async": True,
+        },
+    )
+    assert response.status_code == 503
+    assert response.get_json()["code"] == "queue_full"
+    assert response.headers["Retry-After"] == "30"
+    assert own_redis.llen("bulk") == 3, "a refused job must queue nothing"
