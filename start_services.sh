@@ -237,6 +237,22 @@ prepare_metrics_dir() {
   fi
 }
 
+# Flower shows every worker and task, so it always asks for a password:
+# FLOWER_BASIC_AUTH=user:password, else one generated on the first start and
+# kept in FLOWER_CREDENTIALS, readable by its owner only.
+flower_credentials() {
+  FLOWER_CREDENTIALS=${FLOWER_CREDENTIALS:-$RUN_DIR/../flower-credentials}
+  if [[ -n ${FLOWER_BASIC_AUTH:-} ]]; then
+    FLOWER_AUTH=$FLOWER_BASIC_AUTH
+    return
+  fi
+  if [[ ! -s $FLOWER_CREDENTIALS ]]; then
+    (umask 077 && echo "admin:$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(18))')" \
+      >"$FLOWER_CREDENTIALS")
+  fi
+  FLOWER_AUTH=$(<"$FLOWER_CREDENTIALS")
+}
+
 install_requirements
 build_tiny_models
 mkdir -p "$RUN_DIR" "$LOG_DIR"
@@ -253,8 +269,11 @@ start_service worker "$VENV_DIR/bin/celery" -A tasks worker \
 start_service api "$VENV_DIR/bin/gunicorn" --bind "$HOST:$PORT" \
   --workers "$API_WORKERS" --threads "$API_THREADS" \
   --timeout $((SYNC_TIMEOUT + 30)) api_server:app
-start_service flower "$VENV_DIR/bin/celery" -A tasks flower \
-  --address="$HOST" --port="$FLOWER_PORT"
+flower_credentials
+# Flower reads FLOWER_BASIC_AUTH from its environment, which keeps the
+# password out of the process list.
+FLOWER_BASIC_AUTH=$FLOWER_AUTH start_service flower "$VENV_DIR/bin/celery" \
+  -A tasks flower --address="$HOST" --port="$FLOWER_PORT"
 if [[ -f app_streamlit.py ]]; then
   [[ -x $VENV_DIR/bin/streamlit ]] ||
     die "app_streamlit.py exists but streamlit is not installed in $VENV_DIR."
@@ -273,6 +292,6 @@ fi
 
 ((STARTED > 0)) || echo "Nothing new started: every service was already running."
 echo "API:    http://$CHECK_HOST:$PORT"
-echo "Flower: http://$CHECK_HOST:$FLOWER_PORT"
+echo "Flower: http://$CHECK_HOST:$FLOWER_PORT (user ${FLOWER_AUTH%%:*}; password in $FLOWER_CREDENTIALS)"
 [[ -f app_streamlit.py ]] && echo "UI:     http://$CHECK_HOST:$STREAMLIT_PORT"
 echo "Logs:   $LOG_DIR"

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 _app: Celery | None = None
 _lock = threading.Lock()
 
+WITHHELD = "(withheld)"
+
 BROKER_ERRORS = (
     redis.RedisError,
     kombu.exceptions.OperationalError,
@@ -100,8 +102,16 @@ def send(
 ) -> str:
     """Send a task by name; return its id or raise ``BackendUnavailable``."""
     try:
+        # Arguments hold user text: events and Flower show a placeholder
+        # instead of their repr.
         result = celery_app().send_task(
-            name, args=args or [], kwargs=kwargs or {}, queue=queue, task_id=task_id
+            name,
+            args=args or [],
+            kwargs=kwargs or {},
+            queue=queue,
+            task_id=task_id,
+            argsrepr=WITHHELD,
+            kwargsrepr=WITHHELD,
         )
     except BROKER_ERRORS as error:
         logger.warning("Sending %s failed: %s", name, error)

@@ -256,6 +256,52 @@ def test_csv_cli_translates_every_row(stack: dict[str, Any], tmp_path: Path) -> 
             assert translated["text_es"] == source["text"]
 
 
+def flower_get(stack: dict[str, Any], path: str, auth: str | None) -> tuple[int, bytes]:
+    import base64
+
+    url = f"http://127.0.0.1:{stack['env']['FLOWER_PORT']}{path}"
+    request = urllib.request.Request(url)
+    if auth is not None:
+        token = base64.b64encode(auth.encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_flower_needs_password_and_hides_text(stack: dict[str, Any]) -> None:
+    credentials_file = Path(stack["env"]["RUN_DIR"]).parent / "flower-credentials"
+    assert credentials_file.stat().st_mode & 0o077 == 0
+    credentials = credentials_file.read_text().strip()
+    assert credentials.startswith("admin:")
+    assert credentials.split(":", 1)[1] not in stack["start"].stdout
+
+    assert flower_get(stack, "/api/workers", None)[0] == 401
+    assert flower_get(stack, "/api/workers", "admin:wrong")[0] == 401
+
+    secret = f"Confidential board minutes {time.time_ns()}"
+    status, item = http_json(
+        "POST",
+        f"{stack['api']}/api/translate",
+        {"text": secret, "source_lang": "en", "target_lang": "es"},
+    )
+    assert status == 200
+    deadline = time.monotonic() + 30
+    tasks: dict[str, Any] = {}
+    while time.monotonic() < deadline and not tasks:
+        status, body = flower_get(stack, "/api/tasks", credentials)
+        assert status == 200
+        tasks = json.loads(body)
+        time.sleep(0.5)
+    assert tasks, "Flower saw no task"
+    listing = json.dumps(tasks)
+    assert secret not in listing
+    assert item["translation"] not in listing
+    assert "(withheld)" in listing
+
+
 def test_stop_leaves_no_process(stack: dict[str, Any]) -> None:
     """Runs last in this module: stop the stack and look for survivors."""
     pids = stack_pids(stack["run_dir"])
