@@ -38,7 +38,7 @@ from core.store import redis_client
 logger = logging.getLogger(__name__)
 
 JSON_MIMETYPE = "application/json"
-# The opus-mt checkpoints are published under CC-BY 4.0, which asks for credit.
+# The opus-mt checkpoints are published under CC-BY 4.0, which requires attribution.
 MODEL_LICENSE = "CC-BY-4.0"
 MODEL_ATTRIBUTION = (
     "OPUS-MT models by Helsinki-NLP "

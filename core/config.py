@@ -19,7 +19,7 @@ DEFAULT_PAIRS = ("en-es", "es-en", "en-de", "de-en", "en-fr", "fr-en")
 
 
 class ConfigError(ValueError):
-    """An environment variable holds a value that cannot be used."""
+    """An environment variable contains a value that cannot be used."""
 
 
 def _env_str(name: str, default: str) -> str:

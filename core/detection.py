@@ -2,9 +2,10 @@
 
 The detector is py3langid, whose model ships inside its wheel, so nothing is
 downloaded at run time. It needs numpy and about 80 MB, which is why it runs
-in the workers and never in the API process. Detection is restricted to the
-languages the deployment can translate from, and results are cached under
-their own keys so a repeated ``auto`` request is answered without a worker.
+in the workers and never in the API process. Callers may restrict detection to
+candidate languages; an empty list means every language py3langid supports.
+Results are cached under their own keys, so a repeated ``auto`` request is
+served without a worker.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def _load(candidates: tuple[str, ...]) -> Any:
 
 def detect(texts: Sequence[str], candidates: Sequence[str]) -> list[Detection]:
     """Detect the language of each text among ``candidates`` (base codes).
+
+    An empty ``candidates`` considers every language py3langid supports.
 
     Texts without letters get ``Detection(None, 0.0)``.
     """

@@ -8,7 +8,7 @@ chunk; the misses of a chunk go to one Celery task. Redis holds:
 - ``mt:job:<id>:chunks``: a list of ``{task_id, start, count, hits}`` entries;
 - ``mt:job:<id>:hits:<n>``: the cached items and miss positions of chunk n;
 - ``mt:jobknown:<id>``: the expiry time, kept 30 days longer, so an expired
-  job answers 410 instead of 404.
+  job returns 410 instead of 404.
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ def job_status(
 ) -> dict[str, Any]:
     """Return the job report served by ``GET /api/task/<task_id>``.
 
-    A finished job's ``result`` holds the items ``offset`` to
+    A finished job's ``result`` contains the items ``offset`` to
     ``offset + limit``, and ``next_offset`` is where the next page starts, or
     None after the last one, so a large job is read page by page.
     """

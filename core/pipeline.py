@@ -15,7 +15,7 @@ Routes:
   cached under a key that combines both checkpoints.
 
 ``source_lang: "auto"`` detects the language per text in the workers and
-caches the detection, so a repeated request is answered by a front end alone.
+caches the detection, so a front end serves a repeated request alone.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _public(value: dict[str, Any], cached: bool, tier: str | None) -> Item:
     return item
 
 
-# Detection considers every language the detector knows, so a text in a
+# Detection considers every language the detector supports, so a text in a
 # language this deployment does not serve is reported as such instead of being
 # forced onto the nearest served language.
 ALL_LANGUAGES: tuple[str, ...] = ()
