@@ -264,6 +264,7 @@ def register_routes(app: Flask) -> None:
     @app.get("/api/languages")
     def languages() -> Response:
         routes = models.served_routes()
+        announced = _announced_pairs()
         codes = sorted(
             {route["source_lang"] for route in routes}
             | {route["target_lang"] for route in routes}
@@ -282,6 +283,7 @@ def register_routes(app: Flask) -> None:
                         "model": route["models"][-1],
                         "license": MODEL_LICENSE,
                         "attribution": MODEL_ATTRIBUTION,
+                        "workers_ready": _route_ready(route, announced),
                     }
                     for route in routes
                 ],
@@ -291,6 +293,26 @@ def register_routes(app: Flask) -> None:
     @app.get("/health")
     def health() -> tuple[Response, int]:
         return _health()
+
+
+def _announced_pairs() -> set[str] | None:
+    """Pairs the live workers announce in their heartbeats; None without Redis."""
+    try:
+        live = workers.live_workers()
+    except redis.RedisError:
+        return None
+    return {pair for worker in live for pair in worker.get("pairs", [])}
+
+
+def _route_ready(route: dict[str, Any], announced: set[str] | None) -> bool | None:
+    """Whether live workers serve every hop of a route; None when unknown."""
+    if announced is None:
+        return None
+    source, target, pivot = route["source_lang"], route["target_lang"], route["pivot"]
+    hops = (
+        [f"{source}-{pivot}", f"{pivot}-{target}"] if pivot else [f"{source}-{target}"]
+    )
+    return all(hop in announced for hop in hops)
 
 
 def _models_loaded() -> dict[str, list[str]] | None:

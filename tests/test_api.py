@@ -242,6 +242,7 @@ def test_languages_lists_served_pairs(offline_client: FlaskClient) -> None:
     assert by_pair[("en", "es")]["pivot"] is None
     assert by_pair[("en", "es")]["model"] == "opus-mt-en-es"
     assert by_pair[("en", "es")]["license"] == "CC-BY-4.0"
+    assert by_pair[("en", "es")]["workers_ready"] is None, "Redis is down here"
     assert "Helsinki-NLP" in by_pair[("en", "es")]["attribution"]
     assert by_pair[("en", "it")]["model"] == "opus-mt-en-ROMANCE"
     assert by_pair[("en", "it")]["pivot"] is None
@@ -452,6 +453,15 @@ class TestLiveStack:
         assert cleared["redis_cleared"] is True
         again = client.post("/api/translate", json=body).get_json()
         assert again["cached"] is False
+
+    def test_languages_reflect_worker_pairs(self, client: FlaskClient) -> None:
+        body = client.get("/api/languages").get_json()
+        ready = {
+            (pair["source_lang"], pair["target_lang"]): pair["workers_ready"]
+            for pair in body["pairs"]
+        }
+        assert ready[("en", "es")] is True
+        assert ready[("es", "de")] is True
 
     def test_health_ok(self, client: FlaskClient) -> None:
         response = client.get("/health")

@@ -106,3 +106,22 @@ def test_backpressure_refuses_async_jobs(
     assert response.get_json()["code"] == "queue_full"
     assert response.headers["Retry-After"] == "30"
     assert own_redis.llen("bulk") == 3, "a refused job must queue nothing"
+
+
+def test_languages_mark_pairs_no_worker_serves(
+    own_redis: redis.Redis, clean_env: pytest.MonkeyPatch, tiny_model_dir: Path
+) -> None:
+    clean_env.setenv("MODEL_DIR", str(tiny_model_dir))
+    reset_settings()
+    workers.Heartbeat("w4@host", {"pairs": ["en-es", "es-en"]}).beat()
+
+    import api_server
+
+    body = api_server.create_app().test_client().get("/api/languages").get_json()
+    ready = {
+        (pair["source_lang"], pair["target_lang"]): pair["workers_ready"]
+        for pair in body["pairs"]
+    }
+    assert ready[("en", "es")] is True
+    assert ready[("en", "de")] is False
+    assert ready[("es", "de")] is False, "the en-de hop has no worker"
