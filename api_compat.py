@@ -38,6 +38,7 @@ from core.errors import (
 from core.languages import base_language, language_name, normalize_code
 from core.options import TranslationOptions
 from core.pipeline import AUTO, detect_with_cache, needs_model
+from core.request_body import json_object, read_body
 from core.store import redis_client
 
 logger = logging.getLogger(__name__)
@@ -83,33 +84,15 @@ def key_allowed(protocol: str, key: str | None) -> bool:
 # Request parsing shared by both protocols.
 
 
-def _read_body() -> bytes:
-    """Read the body once, so that JSON and form parsing use the cached bytes."""
-    try:
-        raw = request.get_data(cache=True)
-    except RequestEntityTooLarge:
-        raise
-    except Exception as error:  # gunicorn raises its own parse errors here
-        logger.info("Request %s: body unreadable: %r", g.get("request_id"), error)
-        raise InvalidRequest(
-            f"The request body could not be read ({type(error).__name__}). "
-            "Send a complete body with a correct Content-Length."
-        ) from None
-    if len(raw) >= get_settings().max_request_bytes and request.content_length is None:
-        # Werkzeug cuts a chunked body off at the limit instead of failing.
-        raise RequestEntityTooLarge()
-    return raw
-
-
 def _request_fields() -> dict[str, Any]:
     """Return the fields of a JSON object body, else of the query and form.
 
     A form or query field sent once is a string, and one sent several times
     (``text=a&text=b``) is a list of strings.
     """
-    raw = _read_body()
+    raw = read_body()
     if request.is_json:
-        return _json_object(raw)
+        return json_object(raw)
 
     fields: dict[str, Any] = {}
     # For GET requests Werkzeug leaves the form out of request.values, but the
@@ -119,22 +102,6 @@ def _request_fields() -> dict[str, Any]:
             values = source.getlist(name)
             fields[name] = values[0] if len(values) == 1 else values
     return fields
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError:
-        raise InvalidRequest(
-            "The request body nests arrays or objects too deeply. Send a flat "
-            "JSON object."
-        ) from None
-    if body is None and raw.strip() != b"null":
-        raise InvalidRequest("The request body is not valid JSON.")
-    if not isinstance(body, dict):
-        kind = "null" if body is None else type(body).__name__
-        raise InvalidRequest(f"The request body must be a JSON object, got {kind}.")
-    return body
 
 
 def _texts(value: Any, field: str) -> list[str]:

@@ -33,6 +33,7 @@ from core.errors import (
 from core.languages import language_name
 from core.logs import configure_logging
 from core.options import TranslationOptions
+from core.request_body import json_object, read_body
 from core.store import redis_client
 
 logger = logging.getLogger(__name__)
@@ -57,37 +58,11 @@ def _json_body() -> dict[str, Any]:
     """Return the request body as a JSON object, or raise a 4xx error."""
     if request.mimetype != JSON_MIMETYPE:
         raise UnsupportedMediaType(request.mimetype or "none")
-    try:
-        raw = request.get_data(cache=True)
-    except RequestEntityTooLarge:
-        raise
-    except Exception as error:  # gunicorn raises its own parse errors here
-        logger.info("Request %s: body unreadable: %r", g.request_id, error)
-        raise InvalidRequest(
-            f"The request body could not be read ({type(error).__name__}). "
-            "Send a complete body with a correct Content-Length or chunked "
-            "encoding."
-        ) from None
-    limit = get_settings().max_request_bytes
-    if len(raw) >= limit and request.content_length is None:
-        # Werkzeug cuts a chunked body off at the limit instead of failing.
-        raise RequestEntityTooLarge()
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError:
-        raise InvalidRequest(
-            "The request body nests arrays or objects too deeply. Send a flat "
-            "JSON object with the documented fields."
-        ) from None
-    if body is None and raw.strip() != b"null":
-        raise InvalidRequest(
-            "The request body is not valid JSON. Send a JSON object such as "
-            '{"text": "Hello", "source_lang": "en", "target_lang": "es"}.'
-        )
-    if not isinstance(body, dict):
-        kind = "null" if body is None else type(body).__name__
-        raise InvalidRequest(f"The request body must be a JSON object, got {kind}.")
-    return body
+    return json_object(
+        read_body(),
+        ' Send a JSON object such as {"text": "Hello", "source_lang": "en", '
+        '"target_lang": "es"}.',
+    )
 
 
 class UnsupportedMediaType(ServiceError):
