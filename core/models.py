@@ -177,12 +177,38 @@ def _target_token_map(path: Path) -> dict[str, str]:
     return tokens
 
 
+# Every request resolves its route through the MODEL_DIR listing, so a scan is
+# reused until the folder's mtime changes (a checkpoint added or removed) or
+# this many seconds pass (files changed inside an existing checkpoint).
+MODEL_DIR_RESCAN_SECONDS = 5.0
+_scan_lock = threading.Lock()
+_scans: dict[Path, tuple[float, int, dict[Pair, CheckpointRef]]] = {}
+
+
 def _model_dir_checkpoints(model_dir: Path) -> dict[Pair, CheckpointRef]:
     """Map every pair the folders in ``model_dir`` serve to its checkpoint.
 
     A direct ``opus-mt-SRC-TGT`` folder wins over a multi-target folder for
     the same pair. Of several multi-target folders, the first by name wins.
     """
+    try:
+        mtime = model_dir.stat().st_mtime_ns
+    except OSError:
+        mtime = -1
+    now = time.monotonic()
+    with _scan_lock:
+        cached = _scans.get(model_dir)
+    if cached is not None:
+        scanned_at, scanned_mtime, checkpoints = cached
+        if scanned_mtime == mtime and now - scanned_at < MODEL_DIR_RESCAN_SECONDS:
+            return dict(checkpoints)
+    checkpoints = _scan_model_dir(model_dir)
+    with _scan_lock:
+        _scans[model_dir] = (now, mtime, checkpoints)
+    return dict(checkpoints)
+
+
+def _scan_model_dir(model_dir: Path) -> dict[Pair, CheckpointRef]:
     if not model_dir.is_dir():
         logger.debug(
             "MODEL_DIR %s is not a directory, so no pairs are served", model_dir

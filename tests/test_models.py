@@ -679,3 +679,38 @@ def test_served_routes_include_pivot(
             "pivot": None,
         },
     ]
+
+
+def test_model_dir_scan_reused_until_change(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import core.models as models_module
+
+    scans: list[Path] = []
+    real_scan = models_module._scan_model_dir
+
+    def counting_scan(model_dir: Path) -> dict:
+        scans.append(model_dir)
+        return real_scan(model_dir)
+
+    monkeypatch.setattr(models_module, "_scan_model_dir", counting_scan)
+    (tmp_path / "opus-mt-en-es").mkdir()
+    (tmp_path / "opus-mt-en-es" / "config.json").write_text("{}")
+    first = models_module._model_dir_checkpoints(tmp_path)
+    second = models_module._model_dir_checkpoints(tmp_path)
+    assert set(first) == {("en", "es")}
+    assert second == first
+    assert len(scans) == 1
+
+    (tmp_path / "opus-mt-es-en").mkdir()
+    (tmp_path / "opus-mt-es-en" / "config.json").write_text("{}")
+    # Coarse file-system clocks can give both mkdirs the same mtime.
+    stat = tmp_path.stat()
+    os.utime(tmp_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    third = models_module._model_dir_checkpoints(tmp_path)
+    assert set(third) == {("en", "es"), ("es", "en")}
+    assert len(scans) == 2
+
+    monkeypatch.setattr(models_module, "MODEL_DIR_RESCAN_SECONDS", 0.0)
+    models_module._model_dir_checkpoints(tmp_path)
+    assert len(scans) == 3
