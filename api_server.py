@@ -280,7 +280,7 @@ def _announced_pairs() -> set[str] | None:
 
 
 def _route_ready(route: dict[str, Any], announced: set[str] | None) -> bool | None:
-    """Whether live workers serve every hop of a route; None when unknown."""
+    """Return whether live workers serve every hop of a route; None when unknown."""
     if announced is None:
         return None
     source, target, pivot = route["source_lang"], route["target_lang"], route["pivot"]

@@ -265,7 +265,7 @@ def _add_translation_options(parser: argparse.ArgumentParser) -> None:
         "--text-column",
         metavar="COLUMN",
         default="text",
-        help="Name of the column that holds the text to translate (default: text).",
+        help="Name of the column that contains the text to translate (default: text).",
     )
     group.add_argument(
         "--source-lang",

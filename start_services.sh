@@ -237,7 +237,7 @@ prepare_metrics_dir() {
   fi
 }
 
-# Flower shows every worker and task, so it always asks for a password:
+# Flower shows every worker and task, so it always requires a password:
 # FLOWER_BASIC_AUTH=user:password, else one generated on the first start and
 # kept in FLOWER_CREDENTIALS, readable by its owner only.
 flower_credentials() {

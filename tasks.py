@@ -31,9 +31,9 @@ logger = logging.getLogger(__name__)
 app = Celery("tasks")
 app.config_from_object("celery_config")
 
-# Celery logs every task's return value at INFO by default and puts its repr
-# in the task-succeeded event that Flower shows; results hold user text,
-# which this service never logs above DEBUG, so both are left out.
+# By default Celery logs every task's return value at INFO and puts its repr in
+# the task-succeeded event that Flower shows. Results contain user text, which
+# this service logs only at DEBUG, so both leave the result out.
 celery_trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 app.Task.resultrepr_maxsize = 0
 
@@ -71,7 +71,7 @@ def translate_items(
 
 
 def _report_progress(task: Task | None, current: int, total: int) -> None:
-    """Publish ``{current, total}``; a failed update never fails the task."""
+    """Publish ``{current, total}``, logging a broker error instead of raising it."""
     if task is None or task.request.called_directly or task.request.is_eager:
         return
     try:

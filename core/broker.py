@@ -86,7 +86,7 @@ def check_backpressure(queue: str = "bulk") -> int:
         ) from None
     if depth >= limit:
         raise QueueFull(
-            f"The {queue!r} queue holds {depth} waiting tasks, at or over the "
+            f"The {queue!r} queue has {depth} waiting tasks, at or over the "
             f"limit of {limit} (MAX_BULK_QUEUE). Retry later, or add workers."
         )
     return depth

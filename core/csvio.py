@@ -243,7 +243,7 @@ def _most_frequent_delimiter(line: str) -> str | None:
 def sniff_delimiter(sample: str) -> str:
     """Return the delimiter of a CSV text sample, one of ``DELIMITERS``.
 
-    ``csv.Sniffer`` decides when its answer also occurs in the header line.
+    ``csv.Sniffer`` decides when its result also occurs in the header line.
     Otherwise the candidate that occurs most often in the header line wins,
     and a header with none of them is a single column, read with a comma.
     """
@@ -344,7 +344,7 @@ def open_rows(
         header = next(rows, None)
         if header is None:
             raise CsvFormatError(
-                f"{str(path)!r} is empty. Give a CSV file whose first row holds "
+                f"{str(path)!r} is empty. Give a CSV file whose first row contains "
                 "the column names."
             )
         yield header, rows

@@ -47,7 +47,7 @@ def needs_model(text: str) -> bool:
 
 
 def passthrough_item(text: str) -> Item:
-    """The item of a text returned unchanged without reaching a model."""
+    """Return the item of a text that is copied unchanged, without a model."""
     return {
         "translation": text,
         "model": None,
@@ -82,7 +82,7 @@ def detection_candidates(target_lang: str) -> list[str]:
 
 
 def detection_text(text: str, options: TranslationOptions) -> str:
-    """The part of a text whose language is detected: text nodes for HTML."""
+    """Return the part of a text to detect the language of: text nodes for HTML."""
     if options.format != "html":
         return text
     from core import markup

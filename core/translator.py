@@ -3,7 +3,7 @@
 Texts are split into sentences that fit the model's input limit, identical
 pieces are translated once, and pieces of similar token length share a batch
 so little padding is computed. Each piece's output limit depends only on its
-own length bucket, and a batch holds pieces of one bucket, so a text
+own length bucket, and a batch contains pieces of one bucket, so a text
 translates to the same tokens alone and inside any batch. torch is imported
 only inside the functions that run the model, so importing this module stays
 light.
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 EOS_MARGIN = 1
 
 # Input lengths are rounded up to a multiple of this many tokens before the
-# output limit is computed, and a batch holds inputs of one rounded length.
+# output limit is computed, and a batch contains inputs of one rounded length.
 LENGTH_BUCKET = 8
 
 # Defaults for the settings of the same names. An n-gram of this many output

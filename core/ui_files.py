@@ -1,6 +1,6 @@
 """Files uploaded through the browser UI: checks, storage and translated output.
 
-The browser sends an upload to the Streamlit process, which holds it only for
+The browser sends an upload to the Streamlit process, which keeps it only for
 that session. So that a page refresh or a second tab can re-attach to a
 running job, the UI saves each accepted upload under ``upload_root()``, next
 to the disk cache, in a folder of its own (mode 700, files mode 600), and the
@@ -36,7 +36,7 @@ from core.csvio import CsvFormat, CsvFormatError
 logger = logging.getLogger(__name__)
 
 PREVIEW_ROWS = 10
-# Rows sampled to guess which column holds the text.
+# Rows sampled to guess which column contains the text.
 GUESS_SAMPLE_ROWS = 200
 
 UPLOAD_DIR_NAME = "ui-uploads"
@@ -67,7 +67,7 @@ _FOLDER_NAME = re.compile(r"^[0-9a-f]{32}$")
 
 
 class UploadError(Exception):
-    """An upload that cannot be translated; ``message`` says what to do."""
+    """An upload that cannot be translated; ``message`` states what to do."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -207,7 +207,7 @@ def _check_content(file_name: str, data: bytes) -> None:
 
 
 def max_upload_mb() -> int:
-    """The largest upload in MiB (``UI_MAX_UPLOAD_MB``).
+    """Return the largest upload size in MiB (``UI_MAX_UPLOAD_MB``).
 
     start_services.sh passes the same value to Streamlit's
     ``server.maxUploadSize``, so the browser rejects a larger file first.
@@ -216,7 +216,7 @@ def max_upload_mb() -> int:
 
 
 def max_upload_rows() -> int:
-    """Rows per uploaded file (``UI_MAX_UPLOAD_ROWS``); larger files suit the CLI."""
+    """Return the row limit per uploaded file (``UI_MAX_UPLOAD_ROWS``)."""
     return get_settings().ui_max_upload_rows
 
 

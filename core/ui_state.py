@@ -237,7 +237,7 @@ def attach_file_job(job_id: str) -> FileJob:
 
 @dataclass(frozen=True)
 class Progress:
-    """What the progress bar of a job shows."""
+    """Progress bar values of a job: fraction done and caption."""
 
     fraction: float
     current: int
@@ -296,7 +296,7 @@ def format_duration(seconds: float) -> str:
 
 @dataclass
 class JobOutcome:
-    """How the rows of a finished job were handled."""
+    """Row counts of a finished job, by outcome."""
 
     rows: int = 0
     translated: int = 0

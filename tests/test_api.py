@@ -38,6 +38,28 @@ def offline_client(
     yield make_client()
 
 
+def submit_async(client: FlaskClient, texts: list[str]) -> str:
+    """Queue an async en-es batch and return its task id."""
+    response = client.post(
+        "/api/batch",
+        json={"texts": texts, "source_lang": "en", "target_lang": "es", "async": True},
+    )
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()["task_id"]
+
+
+def wait_until_done(client: FlaskClient, task_id: str, timeout: float = 120) -> dict:
+    """Poll a job with a one-item page until it is done; return that report."""
+    deadline = time.monotonic() + timeout
+    report: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        report = client.get(f"/api/task/{task_id}?limit=1").get_json()
+        if report["status"] == "done":
+            return report
+        time.sleep(0.2)
+    raise AssertionError(f"job {task_id} did not finish: {report}")
+
+
 def assert_json_error(response: Any, status: int, fragment: str) -> dict[str, Any]:
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.mimetype == "application/json"
@@ -344,24 +366,9 @@ class TestLiveStack:
     def test_large_job_result_is_paged(self, client: FlaskClient) -> None:
         stamp = time.time_ns()
         texts = [f"Paged sentence {index} {stamp}" for index in range(25)]
-        accepted = client.post(
-            "/api/batch",
-            json={
-                "texts": texts,
-                "source_lang": "en",
-                "target_lang": "es",
-                "async": True,
-            },
-        ).get_json()
-        task_id = accepted["task_id"]
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if (
-                client.get(f"/api/task/{task_id}?limit=1").get_json()["status"]
-                == "done"
-            ):
-                break
-            time.sleep(0.2)
+        task_id = submit_async(client, texts)
+        wait_until_done(client, task_id)
+
         pages = []
         offset: int | None = 0
         while offset is not None:
@@ -372,6 +379,7 @@ class TestLiveStack:
             pages.append(report["result"]["translations"])
             offset = report["result"]["next_offset"]
         assert [len(page) for page in pages] == [10, 10, 5]
+
         whole = client.get(f"/api/task/{task_id}").get_json()["result"]
         assert whole["next_offset"] is None
         assert [text for page in pages for text in page] == whole["translations"]
@@ -415,21 +423,9 @@ class TestLiveStack:
         assert report["status"] == "cancelled"
 
     def test_cancel_finished_job_keeps_result(self, client: FlaskClient) -> None:
-        accepted = client.post(
-            "/api/batch",
-            json={
-                "texts": [f"Finished {time.time_ns()}"],
-                "source_lang": "en",
-                "target_lang": "es",
-                "async": True,
-            },
-        ).get_json()
-        task_id = accepted["task_id"]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if client.get(f"/api/task/{task_id}").get_json()["status"] == "done":
-                break
-            time.sleep(0.1)
+        task_id = submit_async(client, [f"Finished {time.time_ns()}"])
+        wait_until_done(client, task_id)
+
         response = client.delete(f"/api/task/{task_id}")
         assert_json_error(response, 409, "already finished")
         report = client.get(f"/api/task/{task_id}").get_json()
@@ -486,12 +482,8 @@ class TestLiveStack:
         task_id = body["task_id"]
         monkeypatch.setenv("SYNC_TIMEOUT", "60")
         reset_settings()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            report = client.get(f"/api/task/{task_id}").get_json()
-            if report["status"] == "done":
-                break
-            time.sleep(0.3)
+        wait_until_done(client, task_id)
+        report = client.get(f"/api/task/{task_id}").get_json()
         assert report["status"] == "done"
         assert len(report["result"]["translations"]) == 40
 

@@ -48,7 +48,7 @@ def make_client() -> FlaskClient:
 
 
 def unique(text: str) -> str:
-    """Make a text unique per test run, so that no cache tier holds it."""
+    """Make a text unique per test run, so that no cache tier contains it."""
     return f"{text} {time.time_ns() % 100_000_000}"
 
 

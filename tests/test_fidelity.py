@@ -28,7 +28,7 @@ def client(live_stack: dict[str, str]) -> FlaskClient:
 
 
 def unique(text: str) -> str:
-    """Make a text unique per test run, so the cache cannot answer it."""
+    """Make a text unique per test run, so no cache tier can serve it."""
     return f"{text} {time.time_ns() % 100_000_000} gives"
 
 
