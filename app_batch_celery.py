@@ -71,7 +71,13 @@ from core.jobs import (
 )
 from core.logs import LOG_FORMAT
 from core.options import FORMATS, TranslationOptions
-from core.pipeline import AUTO
+from core.pipeline import (
+    AUTO,
+    OUTCOME_CACHED,
+    OUTCOME_FAILED,
+    OUTCOME_UNCHANGED,
+    item_outcome,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -194,11 +200,10 @@ class WriteSummary:
         are kept for the --verbose log.
         """
         self.rows += 1
-        if not needs_model(text) or item.get("model") is None:
-            # Empty cells, cells without words, text already in the target
-            # language and cells made only of protected spans.
+        outcome = item_outcome(item)
+        if outcome in (OUTCOME_FAILED, OUTCOME_UNCHANGED) or not needs_model(text):
             self.unchanged += 1
-        elif item.get("cached"):
+        elif outcome == OUTCOME_CACHED:
             self.cache_hits += 1
         else:
             self.translated += 1

@@ -57,6 +57,27 @@ def passthrough_item(text: str) -> Item:
     }
 
 
+OUTCOME_FAILED = "failed"
+OUTCOME_UNCHANGED = "unchanged"
+OUTCOME_CACHED = "cached"
+OUTCOME_TRANSLATED = "translated"
+
+
+def item_outcome(item: Item) -> str:
+    """Classify an item for summaries: failed, unchanged, cached or translated.
+
+    ``unchanged`` covers every text copied without a model: empty, without
+    words, already in the target language, or made only of protected spans.
+    """
+    if item.get("error"):
+        return OUTCOME_FAILED
+    if item.get("model") is None:
+        return OUTCOME_UNCHANGED
+    if item.get("cached"):
+        return OUTCOME_CACHED
+    return OUTCOME_TRANSLATED
+
+
 def _public(value: dict[str, Any], cached: bool, tier: str | None) -> Item:
     item = {name: entry for name, entry in value.items() if name != "g"}
     item["cached"] = cached

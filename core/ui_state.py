@@ -22,7 +22,7 @@ from core.config import get_settings
 from core.dispatch import QUEUE_BULK, Submission
 from core.errors import JobNotFound, ServiceError
 from core.languages import language_name
-from core.pipeline import AUTO
+from core.pipeline import AUTO, OUTCOME_FAILED, OUTCOME_UNCHANGED, item_outcome
 from core.ui_files import (
     Upload,
     UploadError,
@@ -314,12 +314,13 @@ def job_outcome(job_id: str) -> JobOutcome:
     deadline = time.monotonic() + get_settings().sync_timeout
     for item in jobs.iter_items(job_id, deadline=deadline):
         outcome.rows += 1
-        error = item.get("error")
-        if error:
+        kind = item_outcome(item)
+        if kind == OUTCOME_FAILED:
             outcome.failed += 1
+            error = item["error"]
             if error not in outcome.reasons and len(outcome.reasons) < MAX_REASONS:
                 outcome.reasons.append(error)
-        elif item.get("model") is None:
+        elif kind == OUTCOME_UNCHANGED:
             outcome.unchanged += 1
         else:
             outcome.translated += 1

@@ -59,3 +59,21 @@ def test_progress_counts_passthroughs(offline: None) -> None:
 
 def test_detection_candidates_include_target(offline: None) -> None:
     assert detection_candidates("it") == ["de", "en", "es", "it"]
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ({"translation": "x", "model": None, "error": "no route"}, "failed"),
+        ({"translation": "", "model": None}, "unchanged"),
+        ({"translation": "hola", "model": "opus-mt-en-es", "cached": True}, "cached"),
+        (
+            {"translation": "hola", "model": "opus-mt-en-es", "cached": False},
+            "translated",
+        ),
+    ],
+)
+def test_item_outcome(item: dict, expected: str) -> None:
+    from core.pipeline import item_outcome
+
+    assert item_outcome(item) == expected
