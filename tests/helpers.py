@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -15,8 +16,11 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
+
+from core.config import PROJECT_ROOT
 
 # Every environment variable that the service or its scripts read.
 SERVICE_ENV_VARS = (
@@ -359,3 +363,46 @@ class RedisServer:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+STACK_START_TIMEOUT = 300
+STACK_STOP_TIMEOUT = 120
+
+
+def stack_env(base: Path, model_dir: Path, **overrides: str) -> dict[str, str]:
+    """Environment for a whole stack on free ports, with its folders in ``base``."""
+    env = {name: value for name, value in os.environ.items()}
+    for name in SERVICE_ENV_VARS:
+        env.pop(name, None)
+    env.update(
+        {
+            "REDIS_URL": f"redis://{LOCALHOST}:{free_port()}/0",
+            "PORT": str(free_port()),
+            "FLOWER_PORT": str(free_port()),
+            "STREAMLIT_PORT": str(free_port()),
+            "HOST": LOCALHOST,
+            "MODEL_DIR": str(model_dir),
+            "CACHE_DIR": str(base / "cache"),
+            "RUN_DIR": str(base / "run"),
+            "LOG_DIR": str(base / "log"),
+            "REDIS_DATA_DIR": str(base / "redis"),
+            "VENV_DIR": sys.prefix,
+            "HF_HUB_OFFLINE": "1",
+            "TORCH_THREADS": "1",
+            "START_TIMEOUT": "240",
+            **overrides,
+        }
+    )
+    return env
+
+
+def run_script(name: str, env: dict[str, str], timeout: float) -> Any:
+    """Run ``./start_services.sh`` or ``./stop_services.sh`` with ``env``."""
+    return subprocess.run(
+        [f"./{name}"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -14,8 +14,6 @@ import csv
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,12 @@ from urllib.parse import urlsplit
 import pytest
 
 from core.config import PROJECT_ROOT
-from tests.helpers import SERVICE_ENV_VARS, free_port
+from tests.helpers import (
+    STACK_START_TIMEOUT,
+    STACK_STOP_TIMEOUT,
+    run_script,
+    stack_env,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -48,8 +51,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-START_TIMEOUT = 300
-STOP_TIMEOUT = 120
 PAGE_TIMEOUT_MS = 30_000
 JOB_TIMEOUT_MS = 120_000
 # Time for the browser to send a widget change and the script to start again.
@@ -66,40 +67,11 @@ def stack(
 ) -> Iterator[dict[str, Any]]:
     """The whole stack started by the service scripts, stopped at the end."""
     base = tmp_path_factory.mktemp("browser-stack")
-    env = {name: value for name, value in os.environ.items()}
-    for name in SERVICE_ENV_VARS:
-        env.pop(name, None)
-    ui_port = free_port()
-    env.update(
-        {
-            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-            "PORT": str(free_port()),
-            "FLOWER_PORT": str(free_port()),
-            "STREAMLIT_PORT": str(ui_port),
-            "HOST": "127.0.0.1",
-            "MODEL_DIR": str(tiny_model_dir),
-            "CACHE_DIR": str(base / "cache"),
-            "RUN_DIR": str(base / "run"),
-            "LOG_DIR": str(base / "log"),
-            "REDIS_DATA_DIR": str(base / "redis"),
-            "VENV_DIR": sys.prefix,
-            "HF_HUB_OFFLINE": "1",
-            "TORCH_THREADS": "1",
-            "NUM_BEAMS": "1",
-            "START_TIMEOUT": "240",
-        }
-    )
-    started = subprocess.run(
-        ["./start_services.sh"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=START_TIMEOUT,
-    )
+    env = stack_env(base, tiny_model_dir, NUM_BEAMS="1")
+    started = run_script("start_services.sh", env, STACK_START_TIMEOUT)
     info = {
         "env": env,
-        "ui": f"http://127.0.0.1:{ui_port}",
+        "ui": f"http://127.0.0.1:{env['STREAMLIT_PORT']}",
         "start": started,
         "base": base,
     }
@@ -107,14 +79,7 @@ def stack(
         assert started.returncode == 0, started.stdout + started.stderr
         yield info
     finally:
-        subprocess.run(
-            ["./stop_services.sh"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=STOP_TIMEOUT,
-        )
+        run_script("stop_services.sh", env, STACK_STOP_TIMEOUT)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import time
@@ -23,11 +22,17 @@ from typing import Any
 import pytest
 
 from core.config import PROJECT_ROOT
-from tests.helpers import SERVICE_ENV_VARS, free_port, pids_alive, process_tree
+from tests.helpers import (
+    STACK_START_TIMEOUT,
+    STACK_STOP_TIMEOUT,
+    pids_alive,
+    process_tree,
+    run_script,
+    stack_env,
+)
 
 pytestmark = pytest.mark.e2e
 
-START_TIMEOUT = 300
 CSV_FILE = PROJECT_ROOT / "tests" / "data" / "products_en_bom.csv"
 
 
@@ -61,41 +66,12 @@ def stack(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     base = tmp_path_factory.mktemp("stack")
-    env = {name: value for name, value in os.environ.items()}
-    for name in SERVICE_ENV_VARS:
-        env.pop(name, None)
-    port = free_port()
-    env.update(
-        {
-            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-            "PORT": str(port),
-            "FLOWER_PORT": str(free_port()),
-            "STREAMLIT_PORT": str(free_port()),
-            "HOST": "127.0.0.1",
-            "MODEL_DIR": str(tiny_model_dir),
-            "CACHE_DIR": str(base / "cache"),
-            "RUN_DIR": str(base / "run"),
-            "LOG_DIR": str(base / "log"),
-            "REDIS_DATA_DIR": str(base / "redis"),
-            "VENV_DIR": sys.prefix,
-            "HF_HUB_OFFLINE": "1",
-            "TORCH_THREADS": "1",
-            "NUM_BEAMS": "2",
-            "START_TIMEOUT": "240",
-        }
-    )
-    started = subprocess.run(
-        ["./start_services.sh"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=START_TIMEOUT,
-    )
+    env = stack_env(base, tiny_model_dir, NUM_BEAMS="2")
+    started = run_script("start_services.sh", env, STACK_START_TIMEOUT)
     run_dir = base / "run"
     info = {
         "env": env,
-        "api": f"http://127.0.0.1:{port}",
+        "api": f"http://127.0.0.1:{env['PORT']}",
         "run_dir": run_dir,
         "start": started,
     }
@@ -104,15 +80,7 @@ def stack(
         yield info
     finally:
         pids = stack_pids(run_dir)
-        stopped = subprocess.run(
-            ["./stop_services.sh"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        info["stop"] = stopped
+        info["stop"] = run_script("stop_services.sh", env, STACK_STOP_TIMEOUT)
         info["pids_before_stop"] = pids
 
 
@@ -306,14 +274,7 @@ def test_stop_leaves_no_process(stack: dict[str, Any]) -> None:
     """Runs last in this module: stop the stack and look for survivors."""
     pids = stack_pids(stack["run_dir"])
     assert len(pids) >= 4
-    stopped = subprocess.run(
-        ["./stop_services.sh"],
-        cwd=PROJECT_ROOT,
-        env=stack["env"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    stopped = run_script("stop_services.sh", stack["env"], STACK_STOP_TIMEOUT)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     deadline = time.monotonic() + 10
     while pids_alive(pids) and time.monotonic() < deadline:
@@ -321,12 +282,5 @@ def test_stop_leaves_no_process(stack: dict[str, Any]) -> None:
     assert pids_alive(pids) == []
     assert list(stack["run_dir"].glob("*.pid")) == []
 
-    again = subprocess.run(
-        ["./stop_services.sh"],
-        cwd=PROJECT_ROOT,
-        env=stack["env"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    again = run_script("stop_services.sh", stack["env"], STACK_STOP_TIMEOUT)
     assert again.returncode == 0
