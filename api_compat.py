@@ -39,6 +39,7 @@ from core.languages import base_language, language_name, normalize_code
 from core.options import TranslationOptions
 from core.pipeline import AUTO, detect_with_cache, needs_model
 from core.request_body import json_object, read_body
+from core.routing import QUEUE_INTERACTIVE, any_worker_queue
 from core.store import redis_client
 
 logger = logging.getLogger(__name__)
@@ -258,10 +259,8 @@ def detect_languages(texts: list[str], candidates: list[str]) -> list[dict[str, 
 
 
 def _detect_in_worker(texts: list[str], candidates: list[str]) -> list[dict[str, Any]]:
-    require_workers()
-    task_id = send(
-        DETECT_TASK, args=[texts, candidates], queue=dispatch.QUEUE_INTERACTIVE
-    )
+    queue = any_worker_queue(QUEUE_INTERACTIVE, require_workers())
+    task_id = send(DETECT_TASK, args=[texts, candidates], queue=queue)
     timeout = get_settings().sync_timeout
     try:
         result: Any = jobs.wait_for_task(task_id, time.monotonic() + timeout, task_id)

@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api_compat import register_compat_routes
 from api_docs import register_api_docs
-from core import dispatch, jobs, metrics, models, workers
+from core import dispatch, jobs, metrics, models, routing, workers
 from core.cache import get_cache
 from core.config import get_settings
 from core.errors import (
@@ -239,7 +239,7 @@ def register_routes(app: Flask) -> None:
     @app.get("/api/languages")
     def languages() -> Response:
         routes = models.served_routes()
-        announced = _announced_pairs()
+        announced = _announced_routes()
         codes = sorted(
             {route["source_lang"] for route in routes}
             | {route["target_lang"] for route in routes}
@@ -270,24 +270,24 @@ def register_routes(app: Flask) -> None:
         return _health()
 
 
-def _announced_pairs() -> set[str] | None:
-    """Pairs the live workers announce in their heartbeats; None without Redis."""
+def _announced_routes() -> set[str] | None:
+    """Routes the live workers announce in their heartbeats; None without Redis."""
     try:
         live = workers.live_workers()
     except redis.RedisError:
         return None
-    return {pair for worker in live for pair in worker.get("pairs", [])}
+    return {route for worker in live for route in worker.get("routes", [])}
 
 
 def _route_ready(route: dict[str, Any], announced: set[str] | None) -> bool | None:
-    """Return whether live workers serve every hop of a route; None when unknown."""
+    """Return whether one live worker serves the whole route; None when unknown.
+
+    A pivot route needs both hops in the same worker, because one task runs
+    both.
+    """
     if announced is None:
         return None
-    source, target, pivot = route["source_lang"], route["target_lang"], route["pivot"]
-    hops = (
-        [f"{source}-{pivot}", f"{pivot}-{target}"] if pivot else [f"{source}-{target}"]
-    )
-    return all(hop in announced for hop in hops)
+    return routing.route_key(route["source_lang"], route["target_lang"]) in announced
 
 
 def _models_loaded() -> dict[str, list[str]] | None:
@@ -313,7 +313,7 @@ def _health() -> tuple[Response, int]:
         "redis": redis_ok,
         "workers": len(live),
         "worker_details": [
-            {key: worker.get(key) for key in ("hostname", "queues", "pairs")}
+            {key: worker.get(key) for key in ("hostname", "queues", "pairs", "routes")}
             for worker in live
         ],
         "models_loaded": _models_loaded() if redis_ok else None,

@@ -46,7 +46,7 @@ from typing import Any
 from tqdm import tqdm
 
 from core import csvio
-from core.broker import check_backpressure, require_workers
+from core.broker import require_workers
 from core.config import ConfigError, get_settings
 from core.csvio import CsvFormat, CsvFormatError
 from core.dispatch import QUEUE_BULK, Submission, needs_model, resolve_languages
@@ -1042,7 +1042,6 @@ def run_translate(args: argparse.Namespace) -> int:
     )
 
     require_workers()
-    check_backpressure()
     chunk_size = args.chunk_size or get_settings().chunk_size
     progress = not args.no_progress
     try:

@@ -260,9 +260,9 @@ prepare_metrics_dir
 start_redis
 
 # Celery's prefork pool and gunicorn's workers are children in the same process
-# group, so stop_services.sh stops them with their parent.
-start_service worker "$VENV_DIR/bin/celery" -A tasks worker \
-  -Q interactive,bulk,maintenance --loglevel INFO \
+# group, so stop_services.sh stops them with their parent. The worker picks its
+# queues from WORKER_PAIRS (see core/routing.py), so no -Q is given.
+start_service worker "$VENV_DIR/bin/celery" -A tasks worker --loglevel INFO \
   --concurrency "$WORKER_CONCURRENCY" --hostname "$WORKER_NAME"
 # gunicorn's timeout exceeds SYNC_TIMEOUT so that a request waiting for its
 # translation gets the API's own timeout response instead of a killed worker.

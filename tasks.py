@@ -4,7 +4,8 @@ Workers are the only processes that import torch and transformers, and they
 do so lazily, in the child process that runs the first translation, so the
 parent never touches torch before it forks. Start a worker with
 ``celery -A tasks worker``; it consumes the ``interactive``, ``bulk`` and
-``maintenance`` queues unless ``-Q`` names others.
+``maintenance`` queues, or with ``WORKER_PAIRS`` set the queues of those
+pairs' routes (see ``core.routing``), unless ``-Q`` names others.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from celery import Celery, Task, signals
 from celery.app import trace as celery_trace
 
 from core import cache as cache_module
-from core import jobs, metrics, models, store, workers
+from core import jobs, metrics, models, routing, store, workers
 from core.broker import BROKER_ERRORS
 from core.cache import get_cache
 from core.config import get_settings
+from core.errors import UnsupportedLanguagePair
 from core.options import TranslationOptions
 from core.pipeline import Pipeline, detect_with_cache
 
@@ -37,7 +39,16 @@ app.config_from_object("celery_config")
 celery_trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 app.Task.resultrepr_maxsize = 0
 
+# Routes this worker serves, or None for every route. A worker started with
+# WORKER_PAIRS consumes only the queues of its routes.
+_routes = routing.worker_routes()
+if _routes is not None:
+    app.conf.task_queues = routing.worker_queues(_routes)
+
 _heartbeat: workers.Heartbeat | None = None
+# The Celery node name (such as worker@host), set in the parent before the
+# pool forks, so each child records its models under the name in heartbeats.
+_node_name: str | None = None
 
 
 def translate_items(
@@ -49,6 +60,7 @@ def translate_items(
 ) -> list[dict[str, Any]]:
     """Translate texts with the cache; return one item per text, in order."""
     task_id = task.request.id if task is not None else None
+    _check_route(source_lang, target_lang)
     started = time.perf_counter()
     pipeline = Pipeline(
         TranslationOptions.from_dict(options),
@@ -68,6 +80,19 @@ def translate_items(
         time.perf_counter() - started,
     )
     return [item for item in items if item is not None]
+
+
+def _check_route(source_lang: str, target_lang: str) -> None:
+    """Raise ``UnsupportedLanguagePair`` for a route outside ``WORKER_PAIRS``."""
+    if _routes is None or source_lang == routing.AUTO:
+        return
+    route = routing.route_key(source_lang, target_lang)
+    if route not in _routes:
+        raise UnsupportedLanguagePair(
+            f"This worker serves only {', '.join(_routes)} (WORKER_PAIRS), not "
+            f"{route!r}. Its task was sent to a queue of this worker; check "
+            "that '-Q' was not used to consume another pair's queue."
+        )
 
 
 def _report_progress(task: Task | None, current: int, total: int) -> None:
@@ -125,12 +150,18 @@ def get_cache_stats() -> dict[str, Any]:
     return {**get_cache().stats(), "models_loaded": models.loaded_models()}
 
 
+@signals.celeryd_init.connect
+def _remember_node_name(sender: Any = None, **_: Any) -> None:
+    global _node_name
+    _node_name = str(sender) if sender else None
+
+
 @signals.worker_process_init.connect
 def _init_child(**_: Any) -> None:
     """Give each forked child its own connections and cache handles."""
     cache_module.reset_cache()
     store.reset_client()
-    hostname = workers.default_hostname()
+    hostname = _node_name or workers.default_hostname()
     models.on_model_change.append(lambda names: workers.record_models(hostname, names))
     workers.start_model_reporter(hostname, models.loaded_models)
 
@@ -140,15 +171,27 @@ def _announce(sender: Any = None, **_: Any) -> None:
     global _heartbeat
     hostname = getattr(sender, "hostname", None) or workers.default_hostname()
     queues = sorted(queue.name for queue in app.amqp.queues.consume_from.values())
+    settings = get_settings()
+    served = [routing.route_key(*pair) for pair in models.served_pairs()]
     info = {
         "pid": os.getpid(),
         "queues": queues,
-        "pairs": [f"{s}-{t}" for s, t in models.served_pairs()],
-        "concurrency": get_settings().worker_concurrency,
+        "pairs": list(settings.worker_pairs or served),
+        "routes": _served_route_keys(),
+        "concurrency": settings.worker_concurrency,
     }
     _heartbeat = workers.Heartbeat(hostname, info)
     _heartbeat.start()
     logger.info("Worker %s ready on queues %s", hostname, ", ".join(queues))
+
+
+def _served_route_keys() -> list[str]:
+    if _routes is not None:
+        return list(_routes)
+    return [
+        routing.route_key(route["source_lang"], route["target_lang"])
+        for route in models.served_routes()
+    ]
 
 
 @signals.worker_shutdown.connect

@@ -129,6 +129,7 @@ class Settings:
     # Models.
     model_dir: Path | None = None
     language_pairs: tuple[str, ...] | None = None
+    worker_pairs: tuple[str, ...] | None = None
     auto_download_models: bool = False
     max_loaded_models: int = 2
     device: str = "auto"
@@ -199,6 +200,7 @@ def load_settings() -> Settings:
         ).upper(),
         model_dir=_env_path("MODEL_DIR", None),
         language_pairs=_env_pairs("LANGUAGE_PAIRS"),
+        worker_pairs=_env_pairs("WORKER_PAIRS"),
         auto_download_models=_env_bool("AUTO_DOWNLOAD_MODELS", False),
         max_loaded_models=_env_int("MAX_LOADED_MODELS", 2, minimum=1),
         device=_env_str("DEVICE", "auto").lower(),

@@ -20,6 +20,7 @@ from core.errors import UnsupportedLanguagePair
 from core.languages import normalize_code
 from core.options import TranslationOptions
 from core.pipeline import AUTO, Pipeline, needs_model
+from core.routing import QUEUE_BULK, QUEUE_INTERACTIVE, choose_queue
 
 __all__ = [
     "QUEUE_BULK",
@@ -34,8 +35,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-QUEUE_INTERACTIVE = "interactive"
-QUEUE_BULK = "bulk"
 TASK_TEXT = "tasks.translate_text"
 TASK_BATCH = "tasks.translate_batch"
 
@@ -74,7 +73,13 @@ def lookup(
 
 
 class Submission:
-    """A job being submitted chunk by chunk, each chunk's misses as one task."""
+    """A job being submitted chunk by chunk, each chunk's misses as one task.
+
+    ``queue`` is the priority, ``interactive`` or ``bulk``. The tasks go to
+    the queue of that priority that a live worker serving the route consumes,
+    and a bulk job is refused while that queue is over ``MAX_BULK_QUEUE``.
+    Both checks run before the job record is created.
+    """
 
     def __init__(
         self,
@@ -90,7 +95,10 @@ class Submission:
         self.source_lang = source_lang
         self.target_lang = target_lang
         self.options = options or TranslationOptions()
-        self.queue = queue
+        self.priority = queue
+        self.queue = choose_queue(queue, source_lang, target_lang, require_workers())
+        if queue == QUEUE_BULK:
+            check_backpressure(self.queue)
         self.job_id = jobs.new_job_id()
         self.total = 0
         self.chunk_count = 0
@@ -125,7 +133,7 @@ class Submission:
     def _send(self, texts: list[str]) -> str:
         self.task_count += 1
         args: list[Any]
-        if self.queue == QUEUE_INTERACTIVE and len(texts) == 1:
+        if self.priority == QUEUE_INTERACTIVE and len(texts) == 1:
             name, args = TASK_TEXT, [texts[0], self.source_lang, self.target_lang]
         else:
             name, args = TASK_BATCH, [texts, self.source_lang, self.target_lang]
@@ -167,7 +175,6 @@ def translate_sync(
     if all(item is not None for item in items):
         return [item for item in items if item is not None]
 
-    require_workers()
     submission = Submission(
         kind,
         source_lang,
@@ -192,8 +199,6 @@ def submit_async(
 ) -> str:
     """Queue texts on the bulk queue as a job; return the job id."""
     settings = get_settings()
-    require_workers()
-    check_backpressure(QUEUE_BULK)
     submission = Submission(
         kind,
         source_lang,

@@ -388,15 +388,20 @@ def _pivot_pairs(source: str, target: str, served: list[Pair]) -> list[Pair] | N
     return [first, second]
 
 
-def served_routes(settings: Settings | None = None) -> list[dict[str, Any]]:
+def served_routes(
+    settings: Settings | None = None, only: set[Pair] | None = None
+) -> list[dict[str, Any]]:
     """Return every served route for ``/api/languages``, sorted by pair.
 
     Each route is ``{source_lang, target_lang, models, pivot}``: ``models``
     lists the checkpoint names in the order they run, and ``pivot`` is
-    ``"en"`` for a route through English, else None.
+    ``"en"`` for a route through English, else None. ``only`` limits the
+    routes to those that its pairs complete, pivots included.
     """
     settings = settings or get_settings()
     served = served_pairs(settings)
+    if only is not None:
+        served = [pair for pair in served if pair in only]
     in_model_dir = _settings_checkpoints(settings)
     names = {pair: _ref_or_download(in_model_dir, *pair).name for pair in served}
     routes: dict[Pair, dict[str, Any]] = {

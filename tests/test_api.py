@@ -503,7 +503,6 @@ class TestLiveStack:
             },
         )
         assert time.monotonic() - started < 30
-        body = assert_json_error(response, 503, "en-nl")
-        assert body["code"] == "model_not_available"
-        assert "opus-mt-en-nl" in body["error"]
-        assert "python -m core.models download en nl" in body["error"]
+        body = assert_json_error(response, 503, "'en-nl'")
+        assert body["code"] == "pair_unavailable"
+        assert "python -m core.models list" in body["error"]

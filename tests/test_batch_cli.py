@@ -384,7 +384,6 @@ def backend(clean_env: pytest.MonkeyPatch) -> FakeBackend:
     fake = FakeBackend()
     clean_env.setattr(cli, "Submission", fake.submission)
     clean_env.setattr(cli, "require_workers", fake.require_workers)
-    clean_env.setattr(cli, "check_backpressure", lambda queue="bulk": 0)
     clean_env.setattr(cli, "load_job", fake.load_job)
     clean_env.setattr(cli, "job_status", fake.job_status)
     clean_env.setattr(cli, "iter_items", fake.iter_items)
@@ -402,7 +401,6 @@ def no_backend(clean_env: pytest.MonkeyPatch) -> None:
     for name in (
         "Submission",
         "require_workers",
-        "check_backpressure",
         "load_job",
         "iter_items",
     ):
@@ -710,7 +708,6 @@ def iter_items(job_id, deadline=None, ride_out_outages=False):
 
 cli.Submission, cli.iter_items = Submission, iter_items
 cli.require_workers = lambda: []
-cli.check_backpressure = lambda queue="bulk": 0
 signal.signal(signal.SIGTERM, cli._exit_on_sigterm)
 sys.exit(cli.main(sys.argv[1:]))
 """
@@ -884,7 +881,6 @@ def peak_memory_of_run(folder: Path, rows: int) -> int:
 def test_memory_flat_in_rows(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     clean_env.setattr(cli, "Submission", CountingSubmission)
     clean_env.setattr(cli, "require_workers", lambda: [{"hostname": "fake"}])
-    clean_env.setattr(cli, "check_backpressure", lambda queue="bulk": 0)
     clean_env.setattr(cli, "iter_items", constant_items)
 
     small = peak_memory_of_run(tmp_path, 5_000)

@@ -83,7 +83,7 @@ def test_backpressure_refuses_async_jobs(
     clean_env.setenv("MAX_BULK_QUEUE", "3")
     clean_env.setenv("MODEL_DIR", str(tiny_model_dir))
     reset_settings()
-    workers.Heartbeat("w3@host", {}).beat()
+    workers.Heartbeat("w3@host", {"queues": ["bulk", "interactive"]}).beat()
     own_redis.rpush("bulk", "a", "b")
     assert check_backpressure() == 2
     own_redis.rpush("bulk", "c")
@@ -113,7 +113,9 @@ def test_languages_mark_pairs_no_worker_serves(
 ) -> None:
     clean_env.setenv("MODEL_DIR", str(tiny_model_dir))
     reset_settings()
-    workers.Heartbeat("w4@host", {"pairs": ["en-es", "es-en"]}).beat()
+    workers.Heartbeat(
+        "w4@host", {"pairs": ["en-es", "es-en"], "routes": ["en-es", "es-en"]}
+    ).beat()
 
     import api_server
 
