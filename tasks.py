@@ -44,6 +44,7 @@ app.Task.resultrepr_maxsize = 0
 _routes = routing.worker_routes()
 if _routes is not None:
     app.conf.task_queues = routing.worker_queues(_routes)
+metrics.check_worker_exporter(get_settings().worker_metrics_port)
 
 _heartbeat: workers.Heartbeat | None = None
 # The Celery node name (such as worker@host), set in the parent before the
@@ -182,6 +183,10 @@ def _announce(sender: Any = None, **_: Any) -> None:
     }
     _heartbeat = workers.Heartbeat(hostname, info)
     _heartbeat.start()
+    if settings.worker_metrics_port:
+        metrics.start_worker_exporter(
+            settings.worker_metrics_host, settings.worker_metrics_port
+        )
     logger.info("Worker %s ready on queues %s", hostname, ", ".join(queues))
 
 

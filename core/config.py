@@ -125,6 +125,8 @@ class Settings:
     debug: bool = False
     log_level: str = "INFO"
     metrics_token: str = ""
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = 0
 
     # Models.
     model_dir: Path | None = None
@@ -195,6 +197,8 @@ def load_settings() -> Settings:
         flower_port=_env_int("FLOWER_PORT", 5555, minimum=1),
         debug=_env_bool("DEBUG", False),
         metrics_token=os.environ.get("METRICS_TOKEN", "").strip(),
+        worker_metrics_host=_env_str("WORKER_METRICS_HOST", "127.0.0.1"),
+        worker_metrics_port=_env_int("WORKER_METRICS_PORT", 0, minimum=0),
         log_level=_env_str(
             "LOG_LEVEL", "DEBUG" if _env_bool("DEBUG", False) else "INFO"
         ).upper(),

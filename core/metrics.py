@@ -27,16 +27,19 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from core.config import get_settings
+from core import workers
+from core.config import ConfigError, get_settings
 
 logger = logging.getLogger(__name__)
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-# The queues that celery_config.py declares.
+# The shared queues that celery_config.py declares. Per-pair queues of
+# WORKER_PAIRS workers are read from the live workers' heartbeats.
 QUEUES = ("interactive", "bulk", "maintenance")
 # kombu's Redis transport (5.7) stores a message without priority in the list
 # "<queue>", and one with priority 3, 6 or 9 in "<queue>\x06\x16<priority>".
@@ -167,8 +170,9 @@ class QueueDepthCollector(Collector):
             # NOTE: only a Redis broker is read; other brokers show no depth.
             return
         try:
+            queues = _queue_names()
             with client.pipeline(transaction=False) as pipeline:
-                for queue in QUEUES:
+                for queue in queues:
                     pipeline.llen(queue)
                     for step in PRIORITY_STEPS:
                         pipeline.llen(f"{queue}{PRIORITY_SEPARATOR}{step}")
@@ -182,10 +186,45 @@ class QueueDepthCollector(Collector):
             labels=["queue"],
         )
         per_queue = len(PRIORITY_STEPS) + 1
-        for index, queue in enumerate(QUEUES):
+        for index, queue in enumerate(queues):
             depth = sum(lengths[index * per_queue : (index + 1) * per_queue])
             gauge.add_metric([queue], depth)
         yield gauge
+
+
+def _queue_names() -> list[str]:
+    """Return the shared queues and every queue a live worker consumes."""
+    announced = {
+        str(queue)
+        for worker in workers.live_workers()
+        for queue in worker.get("queues", [])
+    }
+    return [*QUEUES, *sorted(announced - set(QUEUES))]
+
+
+def check_worker_exporter(port: int) -> None:
+    """Raise ``ConfigError`` when ``WORKER_METRICS_PORT`` cannot work."""
+    if port and multiprocess_dir() is None:
+        raise ConfigError(
+            f"WORKER_METRICS_PORT is {port}, but {MULTIPROC_DIR_ENV} is unset, so "
+            "the worker's child processes keep their metrics to themselves. Set "
+            f"{MULTIPROC_DIR_ENV} to an empty folder the worker can write."
+        )
+
+
+def start_worker_exporter(host: str, port: int) -> None:
+    """Serve the metrics of this host's worker processes on ``host:port``.
+
+    For workers on hosts without an API process, whose ``/metrics`` would
+    otherwise be the only reader of their metrics files.
+    """
+    path = multiprocess_dir()
+    if path is None:
+        raise ConfigError(f"{MULTIPROC_DIR_ENV} is unset; see check_worker_exporter.")
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    start_http_server(port, addr=host, registry=registry)
+    logger.info("Worker metrics served on http://%s:%d/metrics", host, port)
 
 
 def multiprocess_dir() -> str | None:

@@ -13,7 +13,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -34,6 +35,8 @@ SERVICE_ENV_VARS = (
     "DEBUG",
     "LOG_LEVEL",
     "METRICS_TOKEN",
+    "WORKER_METRICS_PORT",
+    "WORKER_METRICS_HOST",
     "PROMETHEUS_MULTIPROC_DIR",
     "MODEL_DIR",
     "LANGUAGE_PAIRS",
@@ -407,3 +410,59 @@ def run_script(name: str, env: dict[str, str], timeout: float) -> Any:
         text=True,
         timeout=timeout,
     )
+
+
+WORKER_START_TIMEOUT = 90.0
+
+
+@contextmanager
+def run_worker(env: dict[str, str], name: str, log_dir: Path) -> Iterator[str]:
+    """Run a real ``celery -A tasks worker`` with ``env``; yield its node name.
+
+    The worker has one child process and is stopped on exit. Its output goes
+    to ``log_dir/<name>.log``.
+    """
+    hostname = f"{name}@127.0.0.1"
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tasks",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "1",
+                "--hostname",
+                hostname,
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        client = redis.Redis.from_url(env["REDIS_URL"])
+        try:
+            wait_for(
+                lambda: (
+                    process.poll() is not None or client.exists(f"mt:worker:{hostname}")
+                ),
+                timeout=WORKER_START_TIMEOUT,
+                interval=0.2,
+            )
+            if process.poll() is not None:
+                raise RuntimeError(f"Worker {name} exited:\n{log_path.read_text()}")
+            yield hostname
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

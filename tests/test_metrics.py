@@ -5,18 +5,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from core import metrics
-from core.config import PROJECT_ROOT, reset_settings
-from tests.helpers import free_port
+from core import jobs, metrics, workers
+from core.broker import send
+from core.config import PROJECT_ROOT, ConfigError, reset_settings
+from tests.conftest import _reset_process_state
+from tests.helpers import RedisServer, free_port, run_worker
 
 LOOPBACK = {"REMOTE_ADDR": "127.0.0.1"}
 REMOTE = {"REMOTE_ADDR": "203.0.113.7"}
@@ -239,3 +244,64 @@ def test_cache_lookups_and_queue_depth(live_stack: dict[str, str]) -> None:
     assert characters - total(before, "mt_characters_translated_total") == 2 * len(
         body["text"]
     )
+
+
+def parse_samples(text: str) -> dict[tuple[str, tuple], float]:
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+@pytest.mark.unit
+def test_exporter_needs_multiprocess_dir(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.delenv(metrics.MULTIPROC_DIR_ENV, raising=False)
+    metrics.check_worker_exporter(0)
+    with pytest.raises(ConfigError, match="WORKER_METRICS_PORT is 9200"):
+        metrics.check_worker_exporter(9200)
+
+
+@pytest.mark.integration
+def test_worker_exporter_and_pair_queues(
+    stack_env: dict[str, str], tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    with RedisServer() as server:
+        env = {
+            **stack_env,
+            "REDIS_URL": server.url,
+            "CACHE_DIR": str(tmp_path / "worker-cache"),
+            "WORKER_PAIRS": "en-es",
+            "WORKER_METRICS_PORT": str(port),
+            metrics.MULTIPROC_DIR_ENV: str(folder),
+        }
+        clean_env.setenv("REDIS_URL", server.url)
+        clean_env.setenv("MODEL_DIR", stack_env["MODEL_DIR"])
+        clean_env.delenv(metrics.MULTIPROC_DIR_ENV, raising=False)
+        _reset_process_state()
+        metrics.reset_broker_client()
+        with run_worker(env, "exporter", tmp_path):
+            task_id = send(
+                "tasks.translate_text",
+                args=["Count this task.", "en", "es"],
+                queue="interactive.en-es",
+            )
+            jobs.wait_for_task(task_id, time.monotonic() + 120, task_id)
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                exported = parse_samples(response.read().decode())
+
+            # A queue only a heartbeat names is still measured.
+            workers.Heartbeat("idle@host", {"queues": ["bulk.en-fr"]}).beat()
+            redis.Redis.from_url(server.url).rpush("bulk.en-fr", "a", "b")
+            samples = scrape(make_client())
+        metrics.reset_broker_client()
+
+    outcome = {"task": "tasks.translate_text", "outcome": "success"}
+    assert total(exported, "mt_task_outcomes_total", **outcome) == 1
+    assert total(samples, "mt_queue_depth", queue="bulk.en-fr") == 2
+    assert total(samples, "mt_queue_depth", queue="interactive.en-es") == 0
+    assert ("mt_queue_depth", (("queue", "bulk"),)) in samples

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +13,11 @@ import redis
 
 from core import dispatch, jobs, routing, workers
 from core.broker import send
-from core.config import PROJECT_ROOT, ConfigError, get_settings
+from core.config import ConfigError, get_settings
 from core.errors import UnsupportedLanguagePair
 from core.routing import PairUnavailable, choose_queue
-from tests.conftest import WORKER_START_TIMEOUT, _reset_process_state
-from tests.helpers import RedisServer, wait_for
+from tests.conftest import _reset_process_state
+from tests.helpers import RedisServer, run_worker, wait_for
 
 SHARED = {
     "hostname": "shared@h",
@@ -122,58 +119,6 @@ def test_worker_queues_names() -> None:
     assert all(queue.exchange.name == queue.name for queue in dedicated)
 
 
-@contextmanager
-def dedicated_worker(
-    env: dict[str, str], name: str, pairs: str, log_dir: Path
-) -> Iterator[str]:
-    """Run a real worker that serves only ``pairs``; yield its hostname."""
-    hostname = f"{name}@127.0.0.1"
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tasks",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                "1",
-                "--hostname",
-                hostname,
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            cwd=PROJECT_ROOT,
-            env={**env, "WORKER_PAIRS": pairs},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        client = redis.Redis.from_url(env["REDIS_URL"])
-        try:
-            wait_for(
-                lambda: (
-                    process.poll() is not None
-                    or client.exists(f"{workers.WORKER_PREFIX}{hostname}")
-                ),
-                timeout=WORKER_START_TIMEOUT,
-                interval=0.2,
-            )
-            if process.poll() is not None:
-                raise RuntimeError(f"Worker {name} exited:\n{log_path.read_text()}")
-            yield hostname
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 @pytest.fixture
 def pair_workers(
     stack_env: dict[str, str],
@@ -193,8 +138,10 @@ def pair_workers(
         monkeypatch.delenv("WORKER_PAIRS", raising=False)
         _reset_process_state()
         with (
-            dedicated_worker(env, "spanish", "en-es", tmp_path) as spanish,
-            dedicated_worker(env, "german", "en-de", tmp_path) as german,
+            run_worker(
+                {**env, "WORKER_PAIRS": "en-es"}, "spanish", tmp_path
+            ) as spanish,
+            run_worker({**env, "WORKER_PAIRS": "en-de"}, "german", tmp_path) as german,
         ):
             yield {"spanish": spanish, "german": german, "redis": server}
         _reset_process_state()
