@@ -19,8 +19,8 @@ from typing import Any
 from celery import Celery, Task, signals
 from celery.app import trace as celery_trace
 
+from core import batching, jobs, metrics, models, routing, store, workers
 from core import cache as cache_module
-from core import jobs, metrics, models, routing, store, workers
 from core.broker import BROKER_ERRORS
 from core.cache import get_cache
 from core.config import get_settings
@@ -68,6 +68,7 @@ def translate_items(
         worker=True,
         progress=lambda done: _report_progress(task, done, len(texts)),
         group_size=get_settings().max_batch_size,
+        owner=task_id,
     )
     items = pipeline.run(texts, source_lang, target_lang)
     cached = sum(1 for item in items if item is not None and item.get("cached"))
@@ -115,11 +116,27 @@ def translate_text(
     options: dict[str, Any] | None = None,
     job_id: str | None = None,
 ) -> dict[str, Any]:
-    """Translate one text; return its item."""
+    """Translate one text, batched with other pending texts; return its item.
+
+    A text another task already translated is returned from the cache at
+    once. Otherwise the pending texts of the same route and options join this
+    text in one batch (see ``core.batching``).
+    """
     if jobs.is_cancelled(job_id):
         logger.info("Task %s skipped: job %s was cancelled", self.request.id, job_id)
         return {"cancelled": True}
-    return translate_items(self, [text], source_lang, target_lang, options)[0]
+    parsed = TranslationOptions.from_dict(options)
+    known = Pipeline(parsed, worker=False).run([text], source_lang, target_lang)[0]
+    if known is not None:
+        return known
+    limit = get_settings().max_batch_size - 1
+    others = batching.collect(source_lang, target_lang, parsed, limit)
+    texts = [text, *(other for other in others if other != text)]
+    if len(texts) > 1:
+        logger.info(
+            "Task %s: batching %d pending texts", self.request.id, len(texts) - 1
+        )
+    return translate_items(self, texts, source_lang, target_lang, options)[0]
 
 
 @app.task(name="tasks.translate_batch", bind=True)

@@ -175,6 +175,8 @@ class Settings:
     task_soft_time_limit: int = 270
     task_time_limit: int = 300
     visibility_timeout: int = 360
+    single_flight_ttl: int = 60
+    micro_batch_window: float = 0.01
 
     @property
     def pairs_are_configured(self) -> bool:
@@ -245,6 +247,8 @@ def load_settings() -> Settings:
         visibility_timeout=_env_int(
             "VISIBILITY_TIMEOUT", task_time_limit + 60, minimum=1
         ),
+        single_flight_ttl=_env_int("SINGLE_FLIGHT_TTL", 60, minimum=1),
+        micro_batch_window=_env_float("MICRO_BATCH_WINDOW", 0.01, minimum=0.0),
     )
     _validate(settings)
     return settings

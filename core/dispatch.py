@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from core import jobs, models
+from core import batching, jobs, models
 from core.broker import check_backpressure, require_workers, send
 from core.config import get_settings
 from core.errors import UnsupportedLanguagePair
@@ -135,6 +135,9 @@ class Submission:
         args: list[Any]
         if self.priority == QUEUE_INTERACTIVE and len(texts) == 1:
             name, args = TASK_TEXT, [texts[0], self.source_lang, self.target_lang]
+            batching.announce(
+                texts[0], self.source_lang, self.target_lang, self.options
+            )
         else:
             name, args = TASK_BATCH, [texts, self.source_lang, self.target_lang]
         return send(

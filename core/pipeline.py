@@ -21,11 +21,12 @@ caches the detection, so a front end serves a repeated request alone.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from core import models, workers
-from core.cache import KeyContext, get_cache
+from core import models, singleflight, workers
+from core.cache import CacheHit, KeyContext, get_cache
 from core.detection import detection_key
 from core.errors import UnsupportedLanguagePair
 from core.languages import base_language
@@ -121,8 +122,12 @@ class Pipeline:
         worker: bool,
         progress: ProgressCallback | None = None,
         group_size: int = 64,
+        owner: str | None = None,
     ) -> None:
         self.options = options or TranslationOptions()
+        # Marks the in-flight keys of this run; a task passes its id, so a
+        # redelivered task takes back the keys its first delivery held.
+        self.owner = owner or uuid.uuid4().hex
         self.option_key = self.options.key()
         self.worker = worker
         self.progress = progress
@@ -306,22 +311,77 @@ class Pipeline:
         if not self.worker or not misses:
             return items
 
-        unique = list(misses)
-        for start in range(0, len(unique), self.group_size):
-            group = unique[start : start + self.group_size]
+        by_text = {text: context.key(text, self.option_key) for text in misses}
+        owned = singleflight.acquire(list(by_text.values()), self.owner)
+        mine = [text for text in misses if by_text[text] in owned]
+        try:
+            self._translate_groups(mine, route, by_text, misses, items, final)
+        finally:
+            singleflight.release(by_text[text] for text in mine)
+
+        # Another worker is translating the rest: wait for its cache entries.
+        others = [text for text in misses if by_text[text] not in owned]
+        if others:
+            left = self._wait_for_owners(others, by_text, misses, items, final)
+            self._translate_groups(left, route, by_text, misses, items, final)
+        return items
+
+    def _translate_groups(
+        self,
+        texts: list[str],
+        route: list[CheckpointRef],
+        keys: dict[str, str],
+        misses: dict[str, list[int]],
+        items: list[Item | None],
+        final: bool,
+    ) -> None:
+        for start in range(0, len(texts), self.group_size):
+            group = texts[start : start + self.group_size]
             values = self._translate(group, route)
+            logger.info(
+                "Translated %d texts with %s",
+                len(group),
+                "+".join(r.name for r in route),
+            )
             get_cache().set_many(
-                {
-                    context.key(text, self.option_key): value
-                    for text, value in zip(group, values, strict=True)
-                }
+                {keys[text]: value for text, value in zip(group, values, strict=True)}
             )
             for text, value in zip(group, values, strict=True):
                 for index in misses[text]:
                     items[index] = _public(value, False, None)
             if final:
                 self._advance(sum(len(misses[text]) for text in group))
-        return items
+
+    def _wait_for_owners(
+        self,
+        texts: list[str],
+        keys: dict[str, str],
+        misses: dict[str, list[int]],
+        items: list[Item | None],
+        final: bool,
+    ) -> list[str]:
+        """Fill the items other workers cached; return the texts still missing."""
+        hits: dict[str, CacheHit] = {}
+
+        def fetch(wanted: list[str]) -> set[str]:
+            found = get_cache().get_many(wanted)
+            hits.update(found)
+            return set(found)
+
+        left = singleflight.wait_for_owners([keys[text] for text in texts], fetch)
+        missing = []
+        for text in texts:
+            hit = hits.get(keys[text])
+            if hit is None or keys[text] in left:
+                missing.append(text)
+                continue
+            for index in misses[text]:
+                items[index] = _public(hit.value, True, hit.tier)
+            if final:
+                self._advance(len(misses[text]))
+        if missing:
+            logger.info("Translating %d texts whose other owner failed", len(missing))
+        return missing
 
     # Translation, in workers only.
 

@@ -40,6 +40,8 @@ SERVICE_ENV_VARS = (
     "PROMETHEUS_MULTIPROC_DIR",
     "MODEL_DIR",
     "LANGUAGE_PAIRS",
+    "MICRO_BATCH_WINDOW",
+    "SINGLE_FLIGHT_TTL",
     "WORKER_PAIRS",
     "AUTO_DOWNLOAD_MODELS",
     "MAX_LOADED_MODELS",
@@ -416,11 +418,13 @@ WORKER_START_TIMEOUT = 90.0
 
 
 @contextmanager
-def run_worker(env: dict[str, str], name: str, log_dir: Path) -> Iterator[str]:
+def run_worker(
+    env: dict[str, str], name: str, log_dir: Path, concurrency: int = 1
+) -> Iterator[str]:
     """Run a real ``celery -A tasks worker`` with ``env``; yield its node name.
 
-    The worker has one child process and is stopped on exit. Its output goes
-    to ``log_dir/<name>.log``.
+    The worker has ``concurrency`` child processes and is stopped on exit. Its
+    output goes to ``log_dir/<name>.log``.
     """
     hostname = f"{name}@127.0.0.1"
     log_path = log_dir / f"{name}.log"
@@ -436,7 +440,7 @@ def run_worker(env: dict[str, str], name: str, log_dir: Path) -> Iterator[str]:
                 "--loglevel",
                 "INFO",
                 "--concurrency",
-                "1",
+                str(concurrency),
                 "--hostname",
                 hostname,
                 "--without-gossip",
