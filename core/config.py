@@ -89,6 +89,24 @@ def _env_path(name: str, default: Path | None) -> Path | None:
     return Path(raw.strip()).expanduser().resolve()
 
 
+WORKER_QUEUE_NAMES = ("interactive", "bulk", "maintenance")
+
+
+def _env_queues(name: str) -> tuple[str, ...]:
+    """Parse a comma-separated subset of ``WORKER_QUEUE_NAMES``."""
+    raw = os.environ.get(name, "")
+    chosen = [part.strip().lower() for part in raw.split(",") if part.strip()]
+    if not chosen:
+        return WORKER_QUEUE_NAMES
+    unknown = [part for part in chosen if part not in WORKER_QUEUE_NAMES]
+    if unknown:
+        raise ConfigError(
+            f"{name} contains {unknown[0]!r}, which is not a queue. Use a "
+            f"comma-separated subset of {', '.join(WORKER_QUEUE_NAMES)}."
+        )
+    return tuple(queue for queue in WORKER_QUEUE_NAMES if queue in chosen)
+
+
 def _env_pairs(name: str) -> tuple[str, ...] | None:
     """Parse a comma-separated list such as ``en-es,es-en`` into pair codes."""
     raw = os.environ.get(name)
@@ -132,6 +150,7 @@ class Settings:
     model_dir: Path | None = None
     language_pairs: tuple[str, ...] | None = None
     worker_pairs: tuple[str, ...] | None = None
+    worker_queues: tuple[str, ...] = ("interactive", "bulk", "maintenance")
     auto_download_models: bool = False
     max_loaded_models: int = 2
     device: str = "auto"
@@ -207,6 +226,7 @@ def load_settings() -> Settings:
         model_dir=_env_path("MODEL_DIR", None),
         language_pairs=_env_pairs("LANGUAGE_PAIRS"),
         worker_pairs=_env_pairs("WORKER_PAIRS"),
+        worker_queues=_env_queues("WORKER_QUEUES"),
         auto_download_models=_env_bool("AUTO_DOWNLOAD_MODELS", False),
         max_loaded_models=_env_int("MAX_LOADED_MODELS", 2, minimum=1),
         device=_env_str("DEVICE", "auto").lower(),

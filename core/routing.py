@@ -80,19 +80,26 @@ def worker_routes(settings: Settings | None = None) -> list[str] | None:
     return [route_key(route["source_lang"], route["target_lang"]) for route in routes]
 
 
-def worker_queues(routes: Sequence[str] | None) -> list[Queue]:
+def worker_queues(
+    routes: Sequence[str] | None, priorities: Sequence[str] = SHARED_QUEUES
+) -> list[Queue]:
     """Return the queues a worker serving ``routes`` consumes.
 
-    ``None`` means every route, which the shared queues carry.
+    ``None`` means every route, which the shared queues carry. ``priorities``
+    are the queues of ``WORKER_QUEUES``: for a worker of some routes,
+    ``interactive`` and ``bulk`` stand for those routes' queues.
     """
     if routes is None:
-        return [make_queue(name) for name in SHARED_QUEUES]
+        return [make_queue(name) for name in SHARED_QUEUES if name in priorities]
     names = [
         f"{base}.{route}"
         for route in routes
         for base in (QUEUE_INTERACTIVE, QUEUE_BULK)
+        if base in priorities
     ]
-    return [make_queue(name) for name in [*names, QUEUE_MAINTENANCE]]
+    if QUEUE_MAINTENANCE in priorities:
+        names.append(QUEUE_MAINTENANCE)
+    return [make_queue(name) for name in names]
 
 
 def _serves(worker: dict[str, Any], route: str) -> bool:
@@ -113,6 +120,17 @@ def choose_queue(
     otherwise the route's own queue, when a live worker consumes that. Raises
     ``PairUnavailable`` naming the pair when no live worker serves it.
     """
+    prefix = f"{base}."
+    if not any(
+        name == base or name.startswith(prefix)
+        for worker in workers
+        for name in worker.get("queues", [])
+    ):
+        raise BackendUnavailable(
+            f"No live worker consumes {base!r} tasks. Start one with "
+            f"WORKER_QUEUES={base} celery -A tasks worker, or a worker without "
+            "WORKER_QUEUES, then retry."
+        )
     shared = [worker for worker in workers if base in worker.get("queues", [])]
     if source_lang == AUTO:
         if shared:

@@ -22,7 +22,14 @@ def compose() -> dict:
 
 
 def test_compose_has_every_service(compose: dict) -> None:
-    assert set(compose["services"]) == {"redis", "worker", "api", "ui", "flower"}
+    assert set(compose["services"]) == {
+        "redis",
+        "worker",
+        "worker-interactive",
+        "api",
+        "ui",
+        "flower",
+    }
 
 
 def test_compose_ports_bind_loopback(compose: dict) -> None:
@@ -32,7 +39,7 @@ def test_compose_ports_bind_loopback(compose: dict) -> None:
 
 
 def test_compose_services_share_redis(compose: dict) -> None:
-    for name in ("worker", "api", "ui", "flower"):
+    for name in ("worker", "worker-interactive", "api", "ui", "flower"):
         environment = compose["services"][name]["environment"]
         assert environment["REDIS_URL"] == "redis://redis:6379/0", name
         assert "redis" in compose["services"][name]["depends_on"]
@@ -68,10 +75,22 @@ def test_systemd_units_are_complete(unit: Path) -> None:
     assert "EnvironmentFile=/etc/mt-service.env" in text
 
 
-def test_four_units_shipped() -> None:
+def test_units_shipped() -> None:
     assert [unit.name for unit in UNITS] == [
         "mt-api.service",
         "mt-flower.service",
         "mt-ui.service",
+        "mt-worker-interactive.service",
         "mt-worker.service",
     ]
+
+
+def test_workers_split_by_queue(compose: dict) -> None:
+    services = compose["services"]
+    bulk = services["worker"]["command"]
+    interactive = services["worker-interactive"]["command"]
+    assert bulk[bulk.index("-Q") + 1] == "bulk,maintenance"
+    assert interactive[interactive.index("-Q") + 1] == "interactive"
+    units = {unit.name: unit.read_text() for unit in UNITS}
+    assert "-Q bulk,maintenance" in units["mt-worker.service"]
+    assert "-Q interactive " in units["mt-worker-interactive.service"]

@@ -94,7 +94,9 @@ def test_health_ok(stack: dict[str, Any]) -> None:
     status, body = http_json("GET", f"{stack['api']}/health")
     assert status == 200
     assert body["status"] == "ok"
-    assert body["workers"] == 1
+    assert body["workers"] == 2, "a bulk worker and an interactive worker"
+    queues = sorted(tuple(worker["queues"]) for worker in body["worker_details"])
+    assert queues == [("bulk", "maintenance"), ("interactive",)]
 
 
 def test_redis_never_evicts_queued_tasks(stack: dict[str, Any]) -> None:

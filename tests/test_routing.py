@@ -14,7 +14,7 @@ import redis
 from core import dispatch, jobs, routing, workers
 from core.broker import send
 from core.config import ConfigError, get_settings
-from core.errors import UnsupportedLanguagePair
+from core.errors import BackendUnavailable, UnsupportedLanguagePair
 from core.routing import PairUnavailable, choose_queue
 from tests.conftest import _reset_process_state
 from tests.helpers import RedisServer, run_worker, wait_for
@@ -232,3 +232,36 @@ def test_api_names_unserved_pair(pair_workers: dict[str, Any]) -> None:
     assert ready[("en", "de")] is True
     assert ready[("en", "fr")] is False
     assert ready[("es", "de")] is False, "no single worker serves both hops"
+
+
+@pytest.mark.unit
+def test_missing_priority_names_queue() -> None:
+    bulk_only = {**SHARED, "queues": ["bulk", "maintenance"]}
+    assert choose_queue("bulk", "en", "es", [bulk_only]) == "bulk"
+    with pytest.raises(BackendUnavailable, match="'interactive' tasks") as raised:
+        choose_queue("interactive", "en", "es", [bulk_only])
+    assert not isinstance(raised.value, PairUnavailable)
+    assert "WORKER_QUEUES=interactive" in str(raised.value)
+
+
+@pytest.mark.unit
+def test_worker_queues_by_priority() -> None:
+    bulk = [queue.name for queue in routing.worker_queues(None, ("bulk",))]
+    assert bulk == ["bulk"]
+    names = [
+        queue.name
+        for queue in routing.worker_queues(["en-de"], ("interactive", "maintenance"))
+    ]
+    assert names == ["interactive.en-de", "maintenance"]
+
+
+@pytest.mark.unit
+def test_worker_queues_setting(clean_env: pytest.MonkeyPatch) -> None:
+    assert get_settings().worker_queues == ("interactive", "bulk", "maintenance")
+    clean_env.setenv("WORKER_QUEUES", "maintenance, BULK")
+    _reset_process_state()
+    assert get_settings().worker_queues == ("bulk", "maintenance")
+    clean_env.setenv("WORKER_QUEUES", "bulk,fast")
+    _reset_process_state()
+    with pytest.raises(ConfigError, match="'fast'"):
+        get_settings()

@@ -123,7 +123,7 @@ def test_stop_kills_group_ignoring_term(
 def test_stop_goes_in_reverse_start_order(
     tmp_path: Path, spawn_group: SpawnGroup
 ) -> None:
-    order = ["streamlit", "flower", "api", "worker", "redis"]
+    order = ["streamlit", "flower", "api", "interactive", "worker", "redis"]
     leaders = {}
     for name in order:
         leaders[name] = spawn_group("exec sleep 1000")
