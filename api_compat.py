@@ -16,6 +16,7 @@ blueprint, so the native ``/api/*`` endpoints keep theirs.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +49,8 @@ USAGE_KEY = "mt:usage:characters"
 # and never receive status 456.
 USAGE_CHARACTER_LIMIT = 1_000_000_000_000
 DETECT_TASK = "tasks.detect_language"
+FORM_MIMETYPE = "application/x-www-form-urlencoded"
+WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,18}")
 UNDETERMINED = "und"
 DEEPL_AUTH_SCHEME = "DeepL-Auth-Key"
 DEEPL_TAG_HANDLING = ("html",)
@@ -91,8 +94,18 @@ def _request_fields() -> dict[str, Any]:
     (``text=a&text=b``) is a list of strings.
     """
     raw = read_body()
-    if request.is_json:
+    # An empty body with a JSON type, which some clients send with every
+    # request, counts as no body, so query parameters still apply.
+    if request.is_json and raw.strip():
         return json_object(raw)
+    if request.mimetype == FORM_MIMETYPE:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest(
+                "The form body is not valid UTF-8. Percent-encode the field "
+                "values as UTF-8."
+            ) from None
 
     fields: dict[str, Any] = {}
     # For GET requests Werkzeug leaves the form out of request.values, but the
@@ -352,12 +365,13 @@ def _require_libretranslate_key(fields: dict[str, Any]) -> None:
 def _alternatives_requested(value: Any) -> bool:
     if value in (None, ""):
         return False
-    try:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value > 0
+    if isinstance(value, str) and WHOLE_NUMBER.fullmatch(value.strip()):
         return int(value) > 0
-    except (TypeError, ValueError):
-        raise InvalidRequest(
-            f"Parameter 'alternatives' must be a whole number, got {value!r}."
-        ) from None
+    raise InvalidRequest(
+        f"Parameter 'alternatives' must be a whole number, got {value!r}."
+    )
 
 
 def _libretranslate_detection(item: dict[str, Any]) -> dict[str, Any]:
