@@ -39,7 +39,7 @@ from core.errors import (
 from core.languages import base_language, language_name, normalize_code
 from core.options import TranslationOptions
 from core.pipeline import AUTO, detect_with_cache, needs_model
-from core.request_body import json_object, read_body
+from core.request_body import JSON_TYPE_NAMES, json_object, read_body
 from core.store import redis_client
 
 logger = logging.getLogger(__name__)
@@ -358,17 +358,27 @@ def libretranslate_detect() -> Response:
 
 def _require_libretranslate_key(fields: dict[str, Any]) -> None:
     key = fields.get("api_key")
+    if key is not None and not isinstance(key, str):
+        raise InvalidRequest(
+            f"Parameter 'api_key' must be a string, got {_json_kind(key)}."
+        )
     if not key_allowed("libretranslate", key if isinstance(key, str) else None):
         raise InvalidAuthKey("Invalid API key.")
 
 
+def _json_kind(value: Any) -> str:
+    return JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
 def _alternatives_requested(value: Any) -> bool:
-    if value in (None, ""):
+    if isinstance(value, str):
+        value = value.strip()
+        if WHOLE_NUMBER.fullmatch(value):
+            return int(value) > 0
+    if value is None or value == "":
         return False
     if isinstance(value, int) and not isinstance(value, bool):
         return value > 0
-    if isinstance(value, str) and WHOLE_NUMBER.fullmatch(value.strip()):
-        return int(value) > 0
     raise InvalidRequest(
         f"Parameter 'alternatives' must be a whole number, got {value!r}."
     )
@@ -424,7 +434,9 @@ def deepl_translate() -> Response:
 @deepl_api.route("/languages", methods=["GET", "POST"])
 def deepl_languages() -> Response:
     _require_deepl_key()
-    kind = _request_fields().get("type") or "source"
+    kind = _request_fields().get("type")
+    if kind is None or kind == "":
+        kind = "source"
     routes = models.served_routes()
     if kind == "source":
         sources = sorted({base_language(route["source_lang"]) for route in routes})

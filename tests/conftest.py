@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from core.config import PROJECT_ROOT, reset_settings
 from tests.helpers import (
     LOCALHOST,
     SERVICE_ENV_VARS,
+    LiveApi,
     RedisServer,
     free_port,
     wait_for,
@@ -188,24 +188,6 @@ def live_stack(
 ) -> dict[str, str]:
     """A running worker plus this process configured as a front end."""
     return service_env
-
-
-@dataclass(frozen=True)
-class LiveApi:
-    """The API served by gunicorn on 127.0.0.1, as ``start_services.sh`` runs it."""
-
-    url: str
-    port: int
-    log_path: Path
-
-    def log_since(self, offset: int) -> str:
-        """Return what gunicorn and the API logged after byte ``offset``."""
-        with self.log_path.open("rb") as log:
-            log.seek(offset)
-            return log.read().decode("utf-8", errors="replace")
-
-    def log_size(self) -> int:
-        return self.log_path.stat().st_size
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import LiveApi
+from tests.helpers import LiveApi
 
 pytestmark = pytest.mark.chaos
 
@@ -549,6 +549,16 @@ CASES = [
         content_type=FORM,
     ),
     libre("lt text/plain", "/translate", 400, "'q'", content_type="text/plain"),
+    libre(
+        "lt api_key number", "/translate", 400, "'api_key'", body={**LT, "api_key": 5}
+    ),
+    libre(
+        "lt too many texts",
+        "/translate",
+        400,
+        f"limit is {MAX_BATCH_TEXTS}",
+        body={**LT, "q": ["a"] * (MAX_BATCH_TEXTS + 1)},
+    ),
     libre("lt detect list", "/detect", 400, "one text", body={"q": ["a"]}),
     libre("lt detect number", "/detect", 400, "'q' must be", body={"q": 1}),
     libre("lt detect empty", "/detect", 400, "'q' is empty", body={"q": ""}),
@@ -626,6 +636,21 @@ CASES = [
         "'type'",
         method="GET",
         content_type=None,
+    ),
+    deepl("dl language type object", "/v2/languages", 400, "'type'", body={"type": {}}),
+    deepl(
+        "dl text empty list",
+        "/v2/translate",
+        400,
+        "'text' is empty",
+        body={**DL, "text": []},
+    ),
+    deepl(
+        "dl too many texts",
+        "/v2/translate",
+        413,
+        f"limit is {MAX_BATCH_TEXTS}",
+        body={**DL, "text": ["a"] * (MAX_BATCH_TEXTS + 1)},
     ),
     native("dl put translate", "PUT", "/v2/translate", 405, "Method PUT"),
     native("dl unknown route", "GET", "/v2/nope", 404, "No endpoint"),
