@@ -384,7 +384,7 @@ def register_error_handlers(app: Flask) -> None:
 
 
 class ApiFlask(Flask):
-    """Flask with an ``OPTIONS`` answer that has no body, so no HTML type."""
+    """Flask whose automatic ``OPTIONS`` response is 204 with no body or type."""
 
     def make_default_options_response(self) -> Response:
         response = super().make_default_options_response()

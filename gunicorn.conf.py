@@ -5,10 +5,10 @@ and every way this project runs the API (``start_services.sh``, the
 Dockerfile, docker-compose.yml and the systemd unit) starts gunicorn in the
 project root. Options given on the command line override these settings.
 
-gunicorn answers a request it cannot parse (an over-long request line or
-header, an invalid header, broken body framing) itself, before the API sees
-it, with an HTML page. The hook below makes those answers use the API's JSON
-error shape, ``{"success": false, "error": "...", "code": "..."}``.
+gunicorn rejects a request it cannot parse (an over-long request line or
+header, an invalid header, broken body framing) itself, before the API gets
+it, with an HTML page. The hook below makes those responses use the API's
+JSON error shape, ``{"success": false, "error": "...", "code": "..."}``.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ MESSAGES = {
 def json_error(status: int, reason: str, detail: str) -> bytes:
     """Return a complete HTTP response with the API's JSON error body.
 
-    gunicorn answers an unsupported transfer coding with 501, which clients
-    may retry as a server failure, so it is sent as 400: the client must fix
-    the request.
+    gunicorn rejects an unsupported transfer coding with 501, which clients
+    may retry as a server failure, so it is sent as 400 because only the
+    client can fix the request.
     """
     if status == 501:
         status, reason = 400, "Bad Request"

@@ -1,7 +1,7 @@
 """Reading a Flask request body, shared by the native and compatible APIs.
 
 Both turn unreadable, truncated, oversized, malformed or deeply nested bodies
-into the service's own errors, which each API then answers in its own error
+into the service's own errors, which each API then returns in its own error
 shape.
 """
 
@@ -99,7 +99,7 @@ def json_object(raw: bytes, example: str = "") -> dict[str, Any]:
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value; send a finite number")
+    raise ValueError(f"{name} is not valid in JSON, which has only finite numbers")
 
 
 def _parse_int(digits: str) -> int:

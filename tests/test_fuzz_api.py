@@ -1,13 +1,14 @@
 """Property-based fuzzing of the API from its OpenAPI description.
 
 schemathesis reads ``openapi.yaml``, which the API serves unchanged at
-``/api/openapi.json`` (tests/test_openapi.py checks that), and sends requests
-that fit it and requests that break it to every operation of the API under
-gunicorn, with a real Redis and a real Celery worker behind it. No response
-may have a 5xx status, and every response must have a status, content type,
-headers and body that the spec documents for the operation, and a request
-that breaks the spec must be rejected. Hypothesis runs derandomized and
-without its example database, so every run sends the same requests.
+``/api/openapi.json`` (tests/test_openapi.py checks that). It sends requests
+that fit the spec and requests that break it to every operation of the API
+under gunicorn, with a real Redis and a real Celery worker behind it.
+
+No response may have a 5xx status. Every response must have a status, content
+type, headers and body that the spec documents for the operation, and a
+request that breaks the spec must be rejected. Hypothesis runs derandomized
+and without its example database, so every run sends the same requests.
 """
 
 from __future__ import annotations

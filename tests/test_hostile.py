@@ -122,7 +122,7 @@ def chunk_body(body: bytes) -> Iterator[bytes]:
 def send_raw(port: int, head: bytes, body: Iterator[bytes]) -> Reply:
     """Send a request and read the response at the same time.
 
-    A server may answer an oversized body before reading it and close the
+    A server may respond to an oversized body before reading it and close the
     connection, so the body is sent from a thread and a failed send is not an
     error: the response is what the test checks.
     """
@@ -238,6 +238,15 @@ CASES = [
     translate("json number", b"42", 400, "must be a JSON object, got number"),
     translate("empty body", b"", 400, "body is empty"),
     translate("invalid utf-8", b'{"text": "\xff\xfe"}', 400, "not valid UTF-8"),
+    translate(
+        "latin-1 body",
+        '{"text": "caf\u00e9", "source_lang": "en", "target_lang": "es"}'.encode(
+            "latin-1"
+        ),
+        400,
+        "not valid UTF-8",
+        content_type="application/json; charset=latin-1",
+    ),
     translate("nan literal", b'{"text": NaN}', 400, "NaN"),
     translate("infinity literal", b'{"text": "a", "x": Infinity}', 400, "Infinity"),
     translate(
@@ -550,6 +559,13 @@ CASES = [
     ),
     libre("lt text/plain", "/translate", 400, "'q'", content_type="text/plain"),
     libre(
+        "lt bad query string",
+        "/translate?%%%=&&q&source=%zz",
+        400,
+        "'q'",
+        content_type="text/plain",
+    ),
+    libre(
         "lt api_key number", "/translate", 400, "'api_key'", body={**LT, "api_key": 5}
     ),
     libre(
@@ -637,6 +653,7 @@ CASES = [
         method="GET",
         content_type=None,
     ),
+    deepl("dl text/plain", "/v2/translate", 400, "'text'", content_type="text/plain"),
     deepl("dl language type object", "/v2/languages", 400, "'type'", body={"type": {}}),
     deepl(
         "dl text empty list",
