@@ -16,6 +16,7 @@ blueprint, so the native ``/api/*`` endpoints keep theirs.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +39,7 @@ from core.errors import (
 from core.languages import base_language, language_name, normalize_code
 from core.options import TranslationOptions
 from core.pipeline import AUTO, detect_with_cache, needs_model
-from core.request_body import json_object, read_body
+from core.request_body import JSON_TYPE_NAMES, json_object, read_body
 from core.routing import QUEUE_INTERACTIVE, any_worker_queue
 from core.store import redis_client
 
@@ -49,6 +50,8 @@ USAGE_KEY = "mt:usage:characters"
 # and never receive status 456.
 USAGE_CHARACTER_LIMIT = 1_000_000_000_000
 DETECT_TASK = "tasks.detect_language"
+FORM_MIMETYPE = "application/x-www-form-urlencoded"
+WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,18}")
 UNDETERMINED = "und"
 DEEPL_AUTH_SCHEME = "DeepL-Auth-Key"
 DEEPL_TAG_HANDLING = ("html",)
@@ -92,8 +95,18 @@ def _request_fields() -> dict[str, Any]:
     (``text=a&text=b``) is a list of strings.
     """
     raw = read_body()
-    if request.is_json:
+    # An empty body with a JSON type, which some clients send with every
+    # request, counts as no body, so query parameters still apply.
+    if request.is_json and raw.strip():
         return json_object(raw)
+    if request.mimetype == FORM_MIMETYPE:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest(
+                "The form body is not valid UTF-8. Percent-encode the field "
+                "values as UTF-8."
+            ) from None
 
     fields: dict[str, Any] = {}
     # For GET requests Werkzeug leaves the form out of request.values, but the
@@ -344,19 +357,30 @@ def libretranslate_detect() -> Response:
 
 def _require_libretranslate_key(fields: dict[str, Any]) -> None:
     key = fields.get("api_key")
+    if key is not None and not isinstance(key, str):
+        raise InvalidRequest(
+            f"Parameter 'api_key' must be a string, got {_json_kind(key)}."
+        )
     if not key_allowed("libretranslate", key if isinstance(key, str) else None):
         raise InvalidAuthKey("Invalid API key.")
 
 
+def _json_kind(value: Any) -> str:
+    return JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
 def _alternatives_requested(value: Any) -> bool:
-    if value in (None, ""):
+    if isinstance(value, str):
+        value = value.strip()
+        if WHOLE_NUMBER.fullmatch(value):
+            return int(value) > 0
+    if value is None or value == "":
         return False
-    try:
-        return int(value) > 0
-    except (TypeError, ValueError):
-        raise InvalidRequest(
-            f"Parameter 'alternatives' must be a whole number, got {value!r}."
-        ) from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value > 0
+    raise InvalidRequest(
+        f"Parameter 'alternatives' must be a whole number, got {value!r}."
+    )
 
 
 def _libretranslate_detection(item: dict[str, Any]) -> dict[str, Any]:
@@ -409,7 +433,9 @@ def deepl_translate() -> Response:
 @deepl_api.route("/languages", methods=["GET", "POST"])
 def deepl_languages() -> Response:
     _require_deepl_key()
-    kind = _request_fields().get("type") or "source"
+    kind = _request_fields().get("type")
+    if kind is None or kind == "":
+        kind = "source"
     routes = models.served_routes()
     if kind == "source":
         sources = sorted({base_language(route["source_lang"]) for route in routes})

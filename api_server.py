@@ -46,6 +46,7 @@ MODEL_ATTRIBUTION = (
     "(Language Technology Research Group, University of Helsinki)"
 )
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+QUERY_INT = re.compile(r"[0-9]{1,18}")
 
 
 def _error_response(status: int, message: str, code: str, **extra: Any) -> Response:
@@ -142,7 +143,8 @@ def _query_int(name: str, default: int, maximum: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or int(raw) > maximum:
+    # str.isdigit() also accepts digits that int() rejects, such as "²".
+    if QUERY_INT.fullmatch(raw) is None or int(raw) > maximum:
         raise InvalidRequest(
             f"Query parameter {name!r} must be a whole number from 0 to "
             f"{maximum}, got {raw!r}."
@@ -381,11 +383,21 @@ def register_error_handlers(app: Flask) -> None:
         )
 
 
+class ApiFlask(Flask):
+    """Flask whose automatic ``OPTIONS`` response is 204 with no body or type."""
+
+    def make_default_options_response(self) -> Response:
+        response = super().make_default_options_response()
+        response.status_code = 204
+        del response.headers["Content-Type"]
+        return response
+
+
 def create_app() -> Flask:
     """Build the Flask application."""
     settings = get_settings()
     configure_logging()
-    app = Flask(__name__)
+    app = ApiFlask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["PROPAGATE_EXCEPTIONS"] = False
     app.config["TRAP_HTTP_EXCEPTIONS"] = False

@@ -18,13 +18,23 @@ import pytest
 
 from core import broker, cache, models, store
 from core.config import PROJECT_ROOT, reset_settings
-from tests.helpers import SERVICE_ENV_VARS, RedisServer, wait_for
+from tests.helpers import (
+    LOCALHOST,
+    SERVICE_ENV_VARS,
+    LiveApi,
+    RedisServer,
+    free_port,
+    wait_for,
+    wait_for_http,
+)
 from tests.make_tiny_model import build_tiny_model
 
 TINY_PAIRS = (("en", "es"), ("es", "en"), ("en", "de"), ("de", "en"), ("en", "fr"))
 # A multi-target checkpoint: en-it and en-pt are served only through it.
 TINY_MULTI_TARGET = ("en", "ROMANCE", ("es", "fr", "it", "pt"))
 WORKER_START_TIMEOUT = 90.0
+API_START_TIMEOUT = 90.0
+API_STOP_TIMEOUT = 20.0
 WORKER_NAME = "testworker@127.0.0.1"
 
 
@@ -178,3 +188,57 @@ def live_stack(
 ) -> dict[str, str]:
     """A running worker plus this process configured as a front end."""
     return service_env
+
+
+@pytest.fixture(scope="session")
+def gunicorn_api(
+    celery_worker: subprocess.Popen[bytes],
+    stack_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LiveApi]:
+    """``gunicorn api_server:app`` in front of the session's Redis and worker.
+
+    It runs from the project root, so gunicorn reads ``gunicorn.conf.py`` as
+    it does under ``start_services.sh``, and keeps every limit at its default.
+    """
+    folder = tmp_path_factory.mktemp("gunicorn")
+    log_path = folder / "api.log"
+    port = free_port()
+    env = dict(stack_env, CACHE_DIR=str(folder / "cache"))
+    timeout = int(float(env["SYNC_TIMEOUT"])) + 30
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"{LOCALHOST}:{port}",
+                "--workers",
+                "1",
+                "--threads",
+                "4",
+                "--timeout",
+                str(timeout),
+                "api_server:app",
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    api = LiveApi(f"http://{LOCALHOST}:{port}", port, log_path)
+    try:
+        try:
+            wait_for_http(f"{api.url}/health", API_START_TIMEOUT)
+        except TimeoutError as error:
+            log = log_path.read_text(errors="replace")
+            raise RuntimeError(f"{error} gunicorn log:\n{log}") from None
+        yield api
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=API_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -472,3 +473,21 @@ def run_worker(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@dataclass(frozen=True)
+class LiveApi:
+    """The API served by gunicorn on 127.0.0.1, as ``start_services.sh`` runs it."""
+
+    url: str
+    port: int
+    log_path: Path
+
+    def log_since(self, offset: int) -> str:
+        """Return what gunicorn and the API logged after byte ``offset``."""
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode("utf-8", errors="replace")
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size

@@ -150,7 +150,7 @@ def test_libretranslate_form_errors(offline_client: FlaskClient) -> None:
 @pytest.mark.unit
 @pytest.mark.parametrize(
     ("body", "fragment"),
-    [("{bad", "not valid JSON"), ("[1]", "JSON object, got list")],
+    [("{bad", "not valid JSON"), ("[1]", "JSON object, got array")],
 )
 def test_libretranslate_bad_json(
     offline_client: FlaskClient, body: str, fragment: str

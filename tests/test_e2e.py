@@ -183,6 +183,16 @@ def test_bad_chunk_size_is_400(stack: dict[str, Any]) -> None:
     assert answer["success"] is False
 
 
+def test_overlong_request_line_is_json(stack: dict[str, Any]) -> None:
+    """gunicorn, started by start_services.sh, reads gunicorn.conf.py."""
+    path = "/api/task/" + "a" * 5000
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    status, answer = raw_request(stack, request)
+    assert status == 414
+    assert answer["success"] is False
+    assert answer["code"] == "uri_too_long"
+
+
 def read_rows(path: Path, encoding: str) -> list[dict[str, str]]:
     with path.open(encoding=encoding, newline="") as handle:
         return list(csv.DictReader(handle))
