@@ -34,6 +34,12 @@ SERVICE_ENV_VARS = (
     "DEBUG",
     "LOG_LEVEL",
     "METRICS_TOKEN",
+    "REDIS_PASSWORD",
+    "REDIS_PASSWORD_FILE",
+    "API_KEYS",
+    "API_KEYS_FILE",
+    "API_RATE_LIMIT",
+    "API_CHARACTER_LIMIT",
     "PROMETHEUS_MULTIPROC_DIR",
     "MODEL_DIR",
     "LANGUAGE_PAIRS",
@@ -386,6 +392,9 @@ def stack_env(base: Path, model_dir: Path, **overrides: str) -> dict[str, str]:
             "RUN_DIR": str(base / "run"),
             "LOG_DIR": str(base / "log"),
             "REDIS_DATA_DIR": str(base / "redis"),
+            # start_services.sh generates the password into this file, and every
+            # client started with this environment reads it from there.
+            "REDIS_PASSWORD_FILE": str(base / "redis-password"),
             "VENV_DIR": sys.prefix,
             "HF_HUB_OFFLINE": "1",
             "TORCH_THREADS": "1",
