@@ -95,6 +95,8 @@ class Submission:
         self.total = 0
         self.chunk_count = 0
         self.task_count = 0
+        if not self.options.cache:
+            meta["cache"] = False
         jobs.create_job(self.job_id, kind, source_lang, target_lang, **meta)
 
     def add(
@@ -180,7 +182,9 @@ def translate_sync(
         end = start + settings.chunk_size
         submission.add(texts[start:end], known=items[start:end])
     job_id = submission.finish()
-    return list(jobs.iter_items(job_id, deadline=deadline))
+    result = list(jobs.iter_items(job_id, deadline=deadline))
+    jobs.release_private_job(job_id)
+    return result
 
 
 def submit_async(
