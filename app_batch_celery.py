@@ -928,7 +928,6 @@ def write_output(
         if next(items, None) is not None:
             raise _rows_mismatch(job, job_id)
         _check_unchanged(job)
-    release_private_job(job_id)
     _log_irregular_rows(summary, job)
     _log_flagged_rows(summary, job_id)
     return summary
@@ -1097,6 +1096,8 @@ def run_translate(args: argparse.Namespace) -> int:
         )
     except ServiceError as error:
         return _fail(f"Job {job_id} failed: {error.message}", _exit_code_for(error))
+    if not options.cache:
+        release_private_job(job_id)
     _print_written(summary, job_id, output_path, args.json)
     return EXIT_OK
 
@@ -1188,6 +1189,7 @@ def run_collect(args: argparse.Namespace) -> int:
     _check_unchanged(job)
     deadline = _deadline(args.timeout or get_settings().sync_timeout)
     summary = write_output(job, job_id, output_path, not args.no_progress, deadline)
+    release_private_job(job_id, record)
     _print_written(summary, job_id, output_path, args.json)
     return EXIT_OK
 

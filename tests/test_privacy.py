@@ -10,6 +10,8 @@ finds what is there.
 
 from __future__ import annotations
 
+import csv
+import json
 import time
 import uuid
 from pathlib import Path
@@ -19,8 +21,9 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from core import cache
+from core import cache, jobs
 from core.broker import celery_app
+from core.errors import JobExpired
 
 pytestmark = pytest.mark.chaos
 
@@ -184,3 +187,47 @@ def test_private_option_rejects_non_boolean(live_stack: dict[str, str]) -> None:
     )
     assert response.status_code == 400
     assert "'cache'" in response.get_json()["error"]
+
+
+def test_cli_no_cache_deletes_job(
+    live_stack: dict[str, str],
+    worker_cache: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import app_batch_celery
+
+    secret = secret_text()
+    source = tmp_path / "in.csv"
+    source.write_text(f"id,text\n1,{secret}\n2,{secret_text()}\n", encoding="utf-8")
+    output = tmp_path / "out.csv"
+    stored = snapshot(live_stack, worker_cache)
+
+    code = app_batch_celery.main(
+        [
+            str(source),
+            str(output),
+            "--text-column",
+            "text",
+            "--source-lang",
+            "en",
+            "--target-lang",
+            "es",
+            "--no-cache",
+            "--no-progress",
+            "--json",
+        ]
+    )
+
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 2
+    assert report["cache_hits"] == 0
+    with pytest.raises(JobExpired) as raised:
+        jobs.load_job(report["task_id"])
+    assert "cache: false" in raised.value.message
+    with output.open(encoding="utf-8-sig", newline="") as rows:
+        translation = next(csv.DictReader(rows))["text_es"]
+    assert translation
+    after = snapshot(live_stack, worker_cache)
+    assert new_traces(stored, after, [secret, translation]) == []
