@@ -503,6 +503,9 @@ def test_redis_down_keeps_key_checks(stack: dict[str, Any]) -> None:
     # One warning per gunicorn worker at most, not one per request.
     assert 1 <= warnings <= 2
     assert "Swallowing error" not in log
+    # Neither valid nor rejected keys are ever logged.
+    for key in (KEY_OPEN, KEY_REQUESTS, KEY_CHARACTERS, KEY_OUTAGE, "x" * 30):
+        assert key not in log
 
 
 def test_stop_after_redis_died(stack: dict[str, Any]) -> None:
