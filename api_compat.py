@@ -22,10 +22,11 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from flask import Blueprint, Flask, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, default_exceptions
 
 from core import dispatch, jobs, models
+from core.access import KEYRING_EXTENSION, KeyRing
 from core.broker import require_workers, send
 from core.config import get_settings
 from core.errors import (
@@ -78,11 +79,19 @@ def key_allowed(protocol: str, key: str | None) -> bool:
     """Decide whether ``key`` may use the ``protocol`` API ("libretranslate", "deepl").
 
     Every endpoint of this module calls it before any other work, and a False
-    return becomes status 403 in the protocol's error shape.
+    return becomes status 403 in the protocol's error shape. Without
+    configured keys (``API_KEYS``, ``API_KEYS_FILE``) every request is allowed.
+    The same check runs before the endpoint in ``api_access``.
     """
-    # NOTE: the service has no API keys yet, so every key is accepted, and so
-    # is a request without one. Check keys here once they are configured.
-    return True
+    ring: KeyRing | None = current_app.extensions.get(KEYRING_EXTENSION)
+    if ring is None or not ring.enabled:
+        return True
+    return ring.find(key) is not None
+
+
+def request_fields() -> dict[str, Any]:
+    """Return the fields of the current compatible-API request (see below)."""
+    return _request_fields()
 
 
 # Request parsing shared by both protocols.

@@ -19,6 +19,7 @@ import redis
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from api_access import register_access_control
 from api_compat import register_compat_routes
 from api_docs import register_api_docs
 from core import dispatch, jobs, metrics, models, routing, workers
@@ -309,9 +310,16 @@ def _health() -> tuple[Response, int]:
         logger.warning("Health check: Redis unreachable: %s", error)
         live, redis_ok = [], False
 
-    ok = redis_ok and bool(live) and cache_stats["disk_ok"]
+    # Cache tiers that fail: the service goes on with the others.
+    degraded = []
+    if not cache_stats["disk_ok"]:
+        degraded.append({"tier": "disk", "error": cache_stats["disk_error"]})
+    if not cache_stats["redis_connected"]:
+        degraded.append({"tier": "redis", "error": "Redis is unreachable"})
+    ok = redis_ok and bool(live) and not degraded
     body = {
         "status": "ok" if ok else "degraded",
+        "degraded": degraded,
         "redis": redis_ok,
         "workers": len(live),
         "worker_details": [
@@ -398,6 +406,9 @@ def create_app() -> Flask:
     settings = get_settings()
     configure_logging()
     app = ApiFlask(__name__)
+    # Flask reads FLASK_DEBUG from the environment; debug mode would let
+    # errors through to the server instead of the JSON handlers below.
+    app.debug = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["PROPAGATE_EXCEPTIONS"] = False
     app.config["TRAP_HTTP_EXCEPTIONS"] = False
@@ -429,6 +440,7 @@ def create_app() -> Flask:
         )
         return response
 
+    register_access_control(app)
     register_routes(app)
     register_error_handlers(app)
     register_compat_routes(app)

@@ -68,6 +68,7 @@ from core.jobs import (
     iter_items,
     job_status,
     load_job,
+    release_private_job,
 )
 from core.logs import LOG_FORMAT
 from core.options import FORMATS, TranslationOptions
@@ -345,6 +346,12 @@ def _add_request_options(parser: argparse.ArgumentParser) -> None:
         "for more terms.",
     )
     group.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="Keep the cells and their translations out of every cache tier, and "
+        "delete the job's stored result once the output file is written.",
+    )
+    group.add_argument(
         "--do-not-translate-file",
         metavar="FILE",
         help="A UTF-8 text file of terms to keep as written, one per line. Blank "
@@ -448,6 +455,7 @@ def _request_options(args: argparse.Namespace) -> list[tuple[str, object]]:
         ("--glossary", args.glossary),
         ("--do-not-translate", args.do_not_translate),
         ("--do-not-translate-file", args.do_not_translate_file),
+        ("--no-cache", args.no_cache),
         ("--detected-column", args.detected_column),
         ("--score-column", args.score_column),
     ]
@@ -656,7 +664,12 @@ def translation_options(args: argparse.Namespace) -> TranslationOptions:
         )
         terms.extend(file_terms)
 
-    body = {"format": args.format, "glossary": glossary, "do_not_translate": terms}
+    body = {
+        "format": args.format,
+        "glossary": glossary,
+        "do_not_translate": terms,
+        "cache": not args.no_cache,
+    }
     return _validated(body)
 
 
@@ -1082,6 +1095,8 @@ def run_translate(args: argparse.Namespace) -> int:
         )
     except ServiceError as error:
         return _fail(f"Job {job_id} failed: {error.message}", _exit_code_for(error))
+    if not options.cache:
+        release_private_job(job_id)
     _print_written(summary, job_id, output_path, args.json)
     return EXIT_OK
 
@@ -1173,6 +1188,7 @@ def run_collect(args: argparse.Namespace) -> int:
     _check_unchanged(job)
     deadline = _deadline(args.timeout or get_settings().sync_timeout)
     summary = write_output(job, job_id, output_path, not args.no_progress, deadline)
+    release_private_job(job_id, record)
     _print_written(summary, job_id, output_path, args.json)
     return EXIT_OK
 

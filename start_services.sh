@@ -67,15 +67,24 @@ install_requirements() {
   fi
 }
 
-# Exit 0 when Redis at URL $1 responds to PING within 1 s, 1 when it cannot be
-# reached, 2 when it rejects the credentials.
+# Exit 0 when Redis at REDIS_URL responds to PING within 1 s, 1 when it cannot
+# be reached, 2 when it rejects the credentials. The password comes from
+# REDIS_URL, else from REDIS_PASSWORD unless $1 is "no-password". The URL is
+# read from the environment, so no password shows in the process list.
 redis_ping() {
-  "$PYTHON" - "$1" <<'EOF'
+  "$PYTHON" - "${1:-}" <<'EOF'
+import os
 import sys
 
 import redis
 
-client = redis.Redis.from_url(sys.argv[1], socket_timeout=1, socket_connect_timeout=1)
+password = None if sys.argv[1] == "no-password" else os.environ.get("REDIS_PASSWORD")
+client = redis.Redis.from_url(
+    os.environ["REDIS_URL"],
+    password=password or None,
+    socket_timeout=1,
+    socket_connect_timeout=1,
+)
 try:
     client.ping()
 except redis.AuthenticationError as error:
@@ -127,18 +136,45 @@ print(binaries[0])
 EOF
 }
 
-# Print the Redis configuration read from stdin: the password, when REDIS_URL
-# has one, so that it does not show in the process list.
+# Print the Redis configuration read from stdin: the password of REDIS_URL,
+# else REDIS_PASSWORD, so that it does not show in the process list.
 redis_stdin_config() {
   "$PYTHON" - <<'EOF'
 import os
 import urllib.parse
 
 password = urllib.parse.urlsplit(os.environ["REDIS_URL"]).password
-if password:
-    password = urllib.parse.unquote(password)
-    print('requirepass "%s"' % password.replace("\\", "\\\\").replace('"', '\\"'))
+password = urllib.parse.unquote(password) if password else os.environ["REDIS_PASSWORD"]
+print('requirepass "%s"' % password.replace("\\", "\\\\").replace('"', '\\"'))
 EOF
+}
+
+# Exit 0 when REDIS_URL carries a password.
+url_has_password() {
+  "$PYTHON" -c 'import os, sys, urllib.parse as p
+sys.exit(0 if p.urlsplit(os.environ["REDIS_URL"]).password else 1)'
+}
+
+# Export REDIS_PASSWORD for every process: the password in REDIS_URL wins, then
+# REDIS_PASSWORD, then the content of REDIS_PASSWORD_FILE, generated on the
+# first start and readable by its owner only. core/config.py puts it into the
+# Redis URLs of the services, so it never appears in a command line.
+redis_password() {
+  REDIS_PASSWORD_FILE=${REDIS_PASSWORD_FILE:-$RUN_DIR/../redis-password}
+  PASSWORD_FROM_FILE=false
+  url_has_password && return
+  if [[ -n ${REDIS_PASSWORD:-} ]]; then
+    export REDIS_PASSWORD
+    return
+  fi
+  if [[ ! -s $REDIS_PASSWORD_FILE ]]; then
+    (umask 077 && "$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(24))' \
+      >"$REDIS_PASSWORD_FILE")
+  fi
+  chmod 600 "$REDIS_PASSWORD_FILE"
+  REDIS_PASSWORD=$(<"$REDIS_PASSWORD_FILE")
+  PASSWORD_FROM_FILE=true
+  export REDIS_PASSWORD
 }
 
 # Start NAME CMD... in its own session and process group, with stdin taken
@@ -177,15 +213,25 @@ wait_ready() {
 
 start_redis() {
   local pid scheme host port server status=0 shown_url=${REDIS_URL/\/\/*@/\/\/***@}
+  redis_password
   if pid=$(running_pid redis); then
     echo "redis: already running (pid $pid)"
-    wait_ready redis redis_ping "$REDIS_URL"
+    wait_ready redis redis_ping
     return
   fi
-  redis_ping "$REDIS_URL" || status=$?
+  redis_ping || status=$?
+  if ((status == 2)) && $PASSWORD_FROM_FILE && redis_ping no-password; then
+    # A server started by other means may have no password at all.
+    echo "redis: using the running server at $shown_url, which accepts clients" \
+      "without a password. Set requirepass on it, or stop it and run this" \
+      "script again to start one with a password." >&2
+    unset REDIS_PASSWORD
+    return
+  fi
   case $status in
     0) echo "redis: using the running server at $shown_url" && return ;;
-    2) die "Redis at $shown_url rejected PING. Check the password in REDIS_URL." ;;
+    2) die "Redis at $shown_url rejected PING. Check the password in REDIS_URL," \
+      "REDIS_PASSWORD or $REDIS_PASSWORD_FILE." ;;
   esac
 
   read -r scheme host port < <("$PYTHON" -c 'import os, urllib.parse as p
@@ -201,7 +247,7 @@ print(url.scheme, url.hostname or "-", url.port or 6379)') ||
   launch redis "$server" - --bind 127.0.0.1 --port "$port" --dir "$REDIS_DATA_DIR" \
     --maxmemory "$REDIS_MAXMEMORY" --maxmemory-policy volatile-lru \
     --appendonly yes --daemonize no < <(redis_stdin_config)
-  wait_ready redis redis_ping "$REDIS_URL"
+  wait_ready redis redis_ping
 }
 
 # Start service NAME with CMD... unless its recorded process is still running.
@@ -312,4 +358,7 @@ fi
 echo "API:    http://$CHECK_HOST:$PORT"
 echo "Flower: http://$CHECK_HOST:$FLOWER_PORT (user ${FLOWER_AUTH%%:*}; password in $FLOWER_CREDENTIALS)"
 [[ -f app_streamlit.py ]] && echo "UI:     http://$CHECK_HOST:$STREAMLIT_PORT"
+if [[ -n ${REDIS_PASSWORD:-} ]] && $PASSWORD_FROM_FILE; then
+  echo "Redis:  password in $REDIS_PASSWORD_FILE (export REDIS_PASSWORD_FILE to use it)"
+fi
 echo "Logs:   $LOG_DIR"

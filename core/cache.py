@@ -33,13 +33,16 @@ import diskcache
 import redis
 
 from core import metrics
-from core.config import Settings, get_settings
+from core.config import Settings, get_settings, redact_url
 
 logger = logging.getLogger(__name__)
 
 KEY_VERSION = 1
 REDIS_SCAN_BUDGET_SECONDS = 0.2
 DISK_GENERATION_KEY = "__generation__"
+# Failures of the disk tier: I/O errors such as ENOSPC or a read-only folder,
+# SQLite errors ("database or disk is full"), and diskcache's lock timeout.
+DISK_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 STATS_FIELDS = (
     "lookups",
     "memory_hits",
@@ -232,7 +235,9 @@ class DiskTier:
         return self._cache
 
     def _failed(self, action: str, error: Exception) -> None:
-        self.last_error = f"{action} failed: {error}"
+        # /health shows last_error, so it names the error without the path.
+        reason = error.strerror if isinstance(error, OSError) else None
+        self.last_error = f"{action} failed: {type(error).__name__}: {reason or error}"
         self._down_until = time.monotonic() + self.retry_interval
         logger.warning("Disk cache %s failed in %s: %s", action, self.directory, error)
 
@@ -245,7 +250,7 @@ class DiskTier:
         except ValueError as error:
             logger.warning("Disk cache entry rejected in %s: %s", self.directory, error)
             return None
-        except (OSError, sqlite3.Error, TypeError) as error:
+        except (*DISK_ERRORS, TypeError) as error:
             self._failed("read", error)
             return None
         self.last_error = None
@@ -259,7 +264,7 @@ class DiskTier:
             with cache.transact():
                 for key, value in items.items():
                     cache.set(key, _encode(value))
-        except (OSError, sqlite3.Error, ValueError, TypeError) as error:
+        except (*DISK_ERRORS, ValueError, TypeError) as error:
             self._failed("write", error)
             return
         self.last_error = None
@@ -268,7 +273,7 @@ class DiskTier:
         try:
             cache = self._open()
             value = None if cache is None else cache.get(DISK_GENERATION_KEY)
-        except (OSError, sqlite3.Error, ValueError, TypeError) as error:
+        except (*DISK_ERRORS, ValueError, TypeError) as error:
             self._failed("read", error)
             return None
         return value if isinstance(value, int) else None
@@ -281,7 +286,7 @@ class DiskTier:
                 return
             cache.clear()
             cache.set(DISK_GENERATION_KEY, generation)
-        except (OSError, sqlite3.Error, ValueError, TypeError) as error:
+        except (*DISK_ERRORS, ValueError, TypeError) as error:
             self._failed("clear", error)
 
     def counts(self) -> tuple[int, int]:
@@ -292,7 +297,7 @@ class DiskTier:
                 return 0, 0
             entries = len(cache) - (1 if DISK_GENERATION_KEY in cache else 0)
             return entries, int(cache.volume())
-        except (OSError, sqlite3.Error, ValueError, TypeError) as error:
+        except (*DISK_ERRORS, ValueError, TypeError) as error:
             self._failed("stats", error)
             return 0, 0
 
@@ -347,13 +352,15 @@ class RedisTier:
 
     def _failed(self, error: Exception) -> None:
         if self.connected:
-            logger.warning("Redis cache tier unreachable at %s: %s", self.url, error)
+            logger.warning(
+                "Redis cache tier unreachable at %s: %s", redact_url(self.url), error
+            )
         self.connected = False
         self._down_until = time.monotonic() + self.retry_interval
 
     def _succeeded(self) -> None:
         if not self.connected:
-            logger.info("Redis cache tier reachable again at %s", self.url)
+            logger.info("Redis cache tier reachable again at %s", redact_url(self.url))
         self.connected = True
 
     def run(self, operation: str, function: Any) -> Any:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import functools
 import os
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from limits import parse_many
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,23 +131,149 @@ def _env_pairs(name: str) -> tuple[str, ...] | None:
     return tuple(pairs)
 
 
+def redact_url(url: str) -> str:
+    """Return ``url`` with its password replaced by ``***``, for logs and messages."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+def with_password(url: str, password: str) -> str:
+    """Put ``password`` into a ``redis://`` or ``rediss://`` URL that has none."""
+    parts = urllib.parse.urlsplit(url)
+    if not password or parts.password is not None:
+        return url
+    if parts.scheme not in {"redis", "rediss"}:
+        return url
+    user = urllib.parse.quote(parts.username or "", safe="")
+    secret = urllib.parse.quote(password, safe="")
+    return parts._replace(netloc=f"{user}:{secret}@{parts.netloc}").geturl()
+
+
+def _read_secret_file(name: str) -> str:
+    """Return the first line of the file named by variable ``name``, or ""."""
+    path = _env_path(name, None)
+    if path is None:
+        return ""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ConfigError(
+            f"{name}={str(path)!r} cannot be read ({error.strerror}). Point it at "
+            "an existing file readable by this user, or unset it."
+        ) from None
+
+
+def _redis_password() -> str:
+    """Return ``REDIS_PASSWORD``, else the content of ``REDIS_PASSWORD_FILE``."""
+    password = os.environ.get("REDIS_PASSWORD", "").strip()
+    return password or _read_secret_file("REDIS_PASSWORD_FILE")
+
+
+def _api_keys() -> tuple[ApiKey, ...]:
+    """Read ``API_KEYS`` (comma-separated) and the lines of ``API_KEYS_FILE``.
+
+    A file line is ``KEY`` or ``KEY requests=LIMIT characters=LIMIT``, where a
+    limit in flask-limiter's notation (``60/minute``) replaces the default
+    limit for that key. Blank lines and lines starting with ``#`` are skipped.
+    """
+    keys = [
+        ApiKey(part.strip(), source=f"API_KEYS item {index + 1}")
+        for index, part in enumerate(os.environ.get("API_KEYS", "").split(","))
+        if part.strip()
+    ]
+    path = _env_path("API_KEYS_FILE", None)
+    if path is not None:
+        text = _read_secret_file("API_KEYS_FILE")
+        for number, line in enumerate(text.splitlines(), start=1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                keys.append(_parse_key_line(line, f"{path} line {number}"))
+    for key in keys:
+        if len(key.key) < MIN_API_KEY_CHARS:
+            raise ConfigError(
+                f"The API key in {key.source} has {len(key.key)} characters; keys "
+                f"need at least {MIN_API_KEY_CHARS}. Generate one with: python -c "
+                "'import secrets; print(secrets.token_urlsafe(24))'."
+            )
+    return tuple(keys)
+
+
+def _parse_key_line(line: str, source: str) -> ApiKey:
+    key, *options = line.split()
+    limits: dict[str, str] = {}
+    for option in options:
+        name, _, value = option.partition("=")
+        if name not in {"requests", "characters"} or not value:
+            raise ConfigError(
+                f"{source} has the option {option!r}. Write a key line as "
+                "'KEY', or 'KEY requests=60/minute characters=100000/day'."
+            )
+        limits[name] = _check_limit(value, f"{name}= in {source}")
+    return ApiKey(
+        key,
+        source=source,
+        request_limit=limits.get("requests"),
+        character_limit=limits.get("characters"),
+    )
+
+
+def _check_limit(value: str, where: str) -> str:
+    """Validate a limit such as ``60/minute`` or ``10/second;1000/day``."""
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ConfigError(
+            f"{where} is {value!r}, which is not a rate limit. Write it as "
+            "COUNT/PERIOD, such as '60/minute' or '100000/day', with ';' "
+            "between several limits."
+        ) from None
+    return value
+
+
+def _env_limit(name: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return _check_limit(value, name) if value else ""
+
+
+MIN_API_KEY_CHARS = 16
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One API key and the limits that replace the defaults for it."""
+
+    key: str = field(repr=False)
+    source: str = ""
+    request_limit: str | None = None
+    character_limit: str | None = None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Typed view of every environment variable the service reads."""
 
-    # Network and processes.
-    redis_url: str = DEFAULT_REDIS_URL
-    broker_url: str = DEFAULT_REDIS_URL
-    result_backend: str = DEFAULT_REDIS_URL
+    # Network and processes. The URLs carry REDIS_PASSWORD, so repr leaves them out.
+    redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
+    broker_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
+    result_backend: str = field(default=DEFAULT_REDIS_URL, repr=False)
     host: str = "127.0.0.1"
     port: int = 5000
     streamlit_port: int = 8501
     flower_port: int = 5555
     debug: bool = False
     log_level: str = "INFO"
-    metrics_token: str = ""
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = 0
+    metrics_token: str = field(default="", repr=False)
+
+    # API keys and per-key limits; without keys the limits apply per client address.
+    api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
+    api_rate_limit: str = ""
+    api_character_limit: str = ""
 
     # Models.
     model_dir: Path | None = None
@@ -205,13 +334,16 @@ class Settings:
 
 def load_settings() -> Settings:
     """Read every setting from the environment, without caching."""
-    redis_url = _env_str("REDIS_URL", DEFAULT_REDIS_URL)
+    password = _redis_password()
+    redis_url = with_password(_env_str("REDIS_URL", DEFAULT_REDIS_URL), password)
     task_time_limit = _env_int("TASK_TIME_LIMIT", 300, minimum=2)
     soft_default = max(1, task_time_limit - 30)
     settings = Settings(
         redis_url=redis_url,
-        broker_url=_env_str("CELERY_BROKER_URL", redis_url),
-        result_backend=_env_str("CELERY_RESULT_BACKEND", redis_url),
+        broker_url=with_password(_env_str("CELERY_BROKER_URL", redis_url), password),
+        result_backend=with_password(
+            _env_str("CELERY_RESULT_BACKEND", redis_url), password
+        ),
         host=_env_str("HOST", "127.0.0.1"),
         port=_env_int("PORT", 5000, minimum=1),
         streamlit_port=_env_int("STREAMLIT_PORT", 8501, minimum=1),
@@ -220,6 +352,9 @@ def load_settings() -> Settings:
         metrics_token=os.environ.get("METRICS_TOKEN", "").strip(),
         worker_metrics_host=_env_str("WORKER_METRICS_HOST", "127.0.0.1"),
         worker_metrics_port=_env_int("WORKER_METRICS_PORT", 0, minimum=0),
+        api_keys=_api_keys(),
+        api_rate_limit=_env_limit("API_RATE_LIMIT"),
+        api_character_limit=_env_limit("API_CHARACTER_LIMIT"),
         log_level=_env_str(
             "LOG_LEVEL", "DEBUG" if _env_bool("DEBUG", False) else "INFO"
         ).upper(),

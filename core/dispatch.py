@@ -103,6 +103,8 @@ class Submission:
         self.total = 0
         self.chunk_count = 0
         self.task_count = 0
+        if not self.options.cache:
+            meta["cache"] = False
         jobs.create_job(self.job_id, kind, source_lang, target_lang, **meta)
 
     def add(
@@ -135,9 +137,11 @@ class Submission:
         args: list[Any]
         if self.priority == QUEUE_INTERACTIVE and len(texts) == 1:
             name, args = TASK_TEXT, [texts[0], self.source_lang, self.target_lang]
-            batching.announce(
-                texts[0], self.source_lang, self.target_lang, self.options
-            )
+            # A pending list would keep a cache: false text in Redis.
+            if self.options.cache:
+                batching.announce(
+                    texts[0], self.source_lang, self.target_lang, self.options
+                )
         else:
             name, args = TASK_BATCH, [texts, self.source_lang, self.target_lang]
         return send(
@@ -190,7 +194,9 @@ def translate_sync(
         end = start + settings.chunk_size
         submission.add(texts[start:end], known=items[start:end])
     job_id = submission.finish()
-    return list(jobs.iter_items(job_id, deadline=deadline))
+    result = list(jobs.iter_items(job_id, deadline=deadline))
+    jobs.release_private_job(job_id)
+    return result
 
 
 def submit_async(

@@ -8,7 +8,8 @@ chunk; the misses of a chunk go to one Celery task. Redis holds:
 - ``mt:job:<id>:chunks``: a list of ``{task_id, start, count, hits}`` entries;
 - ``mt:job:<id>:hits:<n>``: the cached items and miss positions of chunk n;
 - ``mt:jobknown:<id>``: the expiry time, kept 30 days longer, so an expired
-  job returns 410 instead of 404.
+  job returns 410 instead of 404; ``read`` once the result of a job submitted
+  with ``cache: false`` has been read and deleted.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ RESULT_POLL_INTERVAL = 0.05
 OUTAGE_POLL_MAX_INTERVAL = 2.0
 RESULT_PAGE_SIZE = 1000
 MAX_RESULT_PAGE_SIZE = 10_000
+# The tombstone of a job submitted with cache: false whose result was read.
+READ_MARKER = b"read"
 STATUS_QUEUED = "queued"
 STATUS_PROCESSING = "processing"
 STATUS_DONE = "done"
@@ -169,6 +172,11 @@ def load_job(job_id: str) -> dict[str, Any]:
     raw, known = _redis_call(read)
     if raw is not None:
         return json.loads(raw)
+    if known == READ_MARKER:
+        raise JobExpired(
+            f"Job {job_id!r} was submitted with cache: false, so its result was "
+            "deleted once it had been read. Submit the texts again."
+        )
     if known is not None:
         expired_at = time.strftime(
             "%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(known.decode()))
@@ -316,11 +324,53 @@ def job_status(
                 "offset": offset,
                 "next_offset": stop if stop < total else None,
             }
+            if stop >= total:
+                release_private_job(job_id, record)
     elif started or current:
         report["status"] = STATUS_PROCESSING
     else:
         report["status"] = STATUS_QUEUED
     return report
+
+
+def release_private_job(job_id: str, record: dict[str, Any] | None = None) -> None:
+    """Delete the items and task results of a job submitted with ``cache: false``.
+
+    Call it once the client has read the last item. Jobs that use the cache
+    are left alone: their results stay until ``JOB_TTL`` passes. A tombstone
+    remains, so a later read gets 410 with the reason.
+    """
+    record = record if record is not None else load_job(job_id)
+    if (record.get("meta") or {}).get("cache") is not False:
+        return
+    chunks = _chunks(job_id)
+    backend = celery_app().backend
+    results = [
+        backend.get_key_for_task(chunk["task_id"])
+        for chunk in chunks
+        if chunk["task_id"]
+    ]
+    if results:
+        try:
+            backend.client.delete(*results)
+        except BROKER_ERRORS as error:
+            raise BackendUnavailable(
+                f"The result backend is unreachable ({error})."
+            ) from None
+    keys = [
+        f"{JOB_PREFIX}{job_id}",
+        f"{JOB_PREFIX}{job_id}:chunks",
+        *(f"{JOB_PREFIX}{job_id}:hits:{index}" for index in range(len(chunks))),
+    ]
+
+    def delete(client: redis.Redis) -> None:
+        pipeline = client.pipeline()
+        pipeline.delete(*keys)
+        pipeline.set(f"{KNOWN_PREFIX}{job_id}", READ_MARKER, ex=TOMBSTONE_EXTRA_SECONDS)
+        pipeline.execute()
+
+    _redis_call(delete)
+    logger.info("Job %s read; its texts were deleted (cache: false)", job_id)
 
 
 def _failure_items(

@@ -3,7 +3,9 @@
 ``format`` is ``text`` (default) or ``html``; ``do_not_translate`` is a list of
 terms kept verbatim; ``glossary`` maps a source term to the target term that
 must appear instead. All three are part of the cache key, in the canonical
-form of ``TranslationOptions.key()``.
+form of ``TranslationOptions.key()``. ``cache: false`` keeps the texts and
+their translations out of every cache tier and deletes the job's stored
+result once it has been read; it is not part of the key.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class TranslationOptions:
     format: str = "text"
     do_not_translate: tuple[str, ...] = ()
     glossary: Mapping[str, str] = field(default_factory=dict)
+    cache: bool = True
 
     @classmethod
     def from_request(cls, body: Mapping[str, Any]) -> TranslationOptions:
@@ -45,7 +48,13 @@ class TranslationOptions:
             )
         except ValueError as error:
             raise InvalidRequest(str(error)) from None
-        return cls(text_format.lower(), terms, glossary)
+        use_cache = body.get("cache", True)
+        if not isinstance(use_cache, bool):
+            raise InvalidRequest(
+                f"Field 'cache' must be true or false, got {use_cache!r}. Send "
+                "false to keep the texts out of the cache."
+            )
+        return cls(text_format.lower(), terms, glossary, use_cache)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> TranslationOptions:
@@ -55,6 +64,7 @@ class TranslationOptions:
             format=str(data.get("format", "text")),
             do_not_translate=tuple(data.get("do_not_translate", ())),
             glossary=dict(data.get("glossary", {})),
+            cache=data.get("cache", True) is not False,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,6 +73,7 @@ class TranslationOptions:
             "format": self.format,
             "do_not_translate": list(self.do_not_translate),
             "glossary": dict(self.glossary),
+            "cache": self.cache,
         }
 
     @property

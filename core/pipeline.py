@@ -222,7 +222,9 @@ class Pipeline:
     def _detect(
         self, texts: list[str], candidates: list[str]
     ) -> list[dict[str, Any] | None]:
-        return detect_with_cache(texts, candidates, run_detector=self.worker)
+        return detect_with_cache(
+            texts, candidates, run_detector=self.worker, use_cache=self.options.cache
+        )
 
     # Routes.
 
@@ -298,7 +300,7 @@ class Pipeline:
             raise models.model_not_available(route[0].source, route[-1].target)
 
         keys = [context.key(text, self.option_key) for text in texts]
-        hits = get_cache().get_many(keys)
+        hits = get_cache().get_many(keys) if self.options.cache else {}
         misses: dict[str, list[int]] = {}
         for index, key in enumerate(keys):
             hit = hits.get(key)
@@ -312,7 +314,12 @@ class Pipeline:
             return items
 
         by_text = {text: context.key(text, self.option_key) for text in misses}
-        owned = singleflight.acquire(list(by_text.values()), self.owner)
+        # Other workers wait for cache entries, which cache: false never writes.
+        owned = (
+            singleflight.acquire(list(by_text.values()), self.owner)
+            if self.options.cache
+            else set(by_text.values())
+        )
         mine = [text for text in misses if by_text[text] in owned]
         try:
             self._translate_groups(mine, route, by_text, misses, items, final)
@@ -343,9 +350,13 @@ class Pipeline:
                 len(group),
                 "+".join(r.name for r in route),
             )
-            get_cache().set_many(
-                {keys[text]: value for text, value in zip(group, values, strict=True)}
-            )
+            if self.options.cache:
+                get_cache().set_many(
+                    {
+                        keys[text]: value
+                        for text, value in zip(group, values, strict=True)
+                    }
+                )
             for text, value in zip(group, values, strict=True):
                 for index in misses[text]:
                     items[index] = _public(value, False, None)
@@ -472,15 +483,20 @@ class Pipeline:
 
 
 def detect_with_cache(
-    texts: Sequence[str], candidates: Sequence[str], *, run_detector: bool
+    texts: Sequence[str],
+    candidates: Sequence[str],
+    *,
+    run_detector: bool,
+    use_cache: bool = True,
 ) -> list[dict[str, Any] | None]:
     """Return ``{"language", "confidence"}`` per text from the detection cache.
 
     With ``run_detector`` (workers only, since the detector needs numpy and
     its model), misses are detected and cached; otherwise they stay None.
+    Without ``use_cache`` the cache is neither read nor written.
     """
     keys = [detection_key(text, candidates) for text in texts]
-    hits = get_cache().get_many(keys)
+    hits = get_cache().get_many(keys) if use_cache else {}
     results: list[dict[str, Any] | None] = []
     for key in keys:
         hit = hits.get(key)
@@ -503,7 +519,8 @@ def detect_with_cache(
         value = {"language": detection.language, "confidence": detection.confidence}
         results[index] = value
         new_entries[keys[index]] = value
-    get_cache().set_many(new_entries)
+    if use_cache:
+        get_cache().set_many(new_entries)
     return results
 
 

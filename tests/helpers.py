@@ -38,6 +38,12 @@ SERVICE_ENV_VARS = (
     "METRICS_TOKEN",
     "WORKER_METRICS_PORT",
     "WORKER_METRICS_HOST",
+    "REDIS_PASSWORD",
+    "REDIS_PASSWORD_FILE",
+    "API_KEYS",
+    "API_KEYS_FILE",
+    "API_RATE_LIMIT",
+    "API_CHARACTER_LIMIT",
     "PROMETHEUS_MULTIPROC_DIR",
     "MODEL_DIR",
     "LANGUAGE_PAIRS",
@@ -395,6 +401,9 @@ def stack_env(base: Path, model_dir: Path, **overrides: str) -> dict[str, str]:
             "RUN_DIR": str(base / "run"),
             "LOG_DIR": str(base / "log"),
             "REDIS_DATA_DIR": str(base / "redis"),
+            # start_services.sh generates the password into this file, and every
+            # client started with this environment reads it from there.
+            "REDIS_PASSWORD_FILE": str(base / "redis-password"),
             "VENV_DIR": sys.prefix,
             "HF_HUB_OFFLINE": "1",
             "TORCH_THREADS": "1",

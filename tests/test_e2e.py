@@ -102,7 +102,8 @@ def test_health_ok(stack: dict[str, Any]) -> None:
 def test_redis_never_evicts_queued_tasks(stack: dict[str, Any]) -> None:
     import redis
 
-    client = redis.Redis.from_url(stack["env"]["REDIS_URL"])
+    password = Path(stack["env"]["REDIS_PASSWORD_FILE"]).read_text().strip()
+    client = redis.Redis.from_url(stack["env"]["REDIS_URL"], password=password)
     assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "volatile-lru"
     assert int(client.config_get("maxmemory")["maxmemory"]) > 0
     assert client.config_get("bind")["bind"].startswith("127.0.0.1")
