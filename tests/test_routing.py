@@ -13,7 +13,7 @@ import redis
 
 from core import dispatch, jobs, routing, workers
 from core.broker import send
-from core.config import ConfigError, get_settings
+from core.config import ConfigError, get_settings, reset_settings
 from core.errors import BackendUnavailable, UnsupportedLanguagePair
 from core.routing import PairUnavailable, choose_queue
 from tests.conftest import _reset_process_state
@@ -262,6 +262,6 @@ def test_worker_queues_setting(clean_env: pytest.MonkeyPatch) -> None:
     _reset_process_state()
     assert get_settings().worker_queues == ("bulk", "maintenance")
     clean_env.setenv("WORKER_QUEUES", "bulk,fast")
-    _reset_process_state()
+    reset_settings()
     with pytest.raises(ConfigError, match="'fast'"):
         get_settings()
