@@ -45,6 +45,11 @@ class Context:
     corpus_csv: Path
     uncached: Iterator[str]
 
+    @property
+    def chunk_size(self) -> int:
+        """Rows per task of the timed CSV runs."""
+        return self.sizes["csv_chunk"]
+
     def take(self, count: int) -> list[str]:
         """Return ``count`` sentences that no request has sent yet."""
         return list(itertools.islice(self.uncached, count))
@@ -59,7 +64,10 @@ class Context:
         self.results["throughput"].append(
             {
                 "name": name,
-                "settings": f"WORKER_CONCURRENCY={processes}, CHUNK_SIZE=64",
+                "settings": (
+                    f"WORKER_CONCURRENCY={processes}, "
+                    f"--chunk-size {self.sizes['csv_chunk']}"
+                ),
                 "texts": len(self.measured),
                 "target_tokens": self.target_tokens,
                 "seconds": run.seconds,
@@ -76,7 +84,9 @@ def one_process_stack(context: Context) -> str:
     with context.stack(label, "one", 1) as stack:
         service.warm_workers(stack, 1, context.uncached)
         logger.info("Stack %s: cold CSV run of %d rows", label, len(context.measured))
-        cold = service.run_cli(stack, context.corpus_csv, csv_dir / "out-cold.csv")
+        cold = service.run_cli(
+            stack, context.corpus_csv, csv_dir / "out-cold.csv", context.chunk_size
+        )
         context.csv_row(CSV_ONE_ROW, 1, cold)
         context.results["cli_memory"] = {
             "stack": label,
@@ -85,7 +95,9 @@ def one_process_stack(context: Context) -> str:
         }
 
         logger.info("Stack %s: warm CSV run", label)
-        warm = service.run_cli(stack, context.corpus_csv, csv_dir / "out-warm.csv")
+        warm = service.run_cli(
+            stack, context.corpus_csv, csv_dir / "out-warm.csv", context.chunk_size
+        )
         context.results["warm"] = {
             "rows": len(context.measured),
             "cold_s": cold.seconds,
@@ -104,7 +116,10 @@ def multi_process_stack(context: Context, processes: int) -> str:
         service.warm_workers(stack, processes, context.uncached)
         logger.info("Stack %s: cold CSV run of %d rows", label, len(context.measured))
         cold = service.run_cli(
-            stack, context.corpus_csv, context.work_dir / "csv" / "out-multi.csv"
+            stack,
+            context.corpus_csv,
+            context.work_dir / "csv" / "out-multi.csv",
+            context.chunk_size,
         )
         context.csv_row(f"service CSV cold, {label}", processes, cold)
         record_memory(context.results, stack, label)
@@ -178,10 +193,13 @@ def measure_latency(context: Context, stack: service.Stack) -> None:
         latency_row("batch_cached", "/api/batch, 1,000 cached texts", latencies, 1)
     )
 
+    # The same misses twice: all at once, then one at a time after the cache
+    # is cleared, so both passes translate every text.
     pool = context.take(sizes["micro"] * MICRO_POOL_FACTOR)
-    concurrent, sequential = similar_length_pairs(pool, sizes["micro"])
-    _, concurrent_s = service.time_requests(call, concurrent, len(concurrent))
-    _, sequential_s = service.time_requests(call, sequential, 1)
+    texts = median_length_window(pool, sizes["micro"])
+    _, concurrent_s = service.time_requests(call, texts, len(texts))
+    service.clear_cache(stack)
+    _, sequential_s = service.time_requests(call, texts, 1)
     context.results["micro_batching"] = {
         "requests": sizes["micro"],
         "concurrent_s": concurrent_s,
@@ -189,20 +207,19 @@ def measure_latency(context: Context, stack: service.Stack) -> None:
     }
 
 
-def similar_length_pairs(pool: list[str], count: int) -> tuple[list[str], list[str]]:
-    """Take the ``2 * count`` sentences of ``pool`` nearest its median length.
+def median_length_window(pool: list[str], count: int) -> list[str]:
+    """Return the ``count`` sentences of ``pool`` nearest its median length.
 
-    They are split alternately in length order, so both groups have about
-    the same lengths.
+    Sentences of similar length fall into one length bucket of the
+    translator, so a batch of them needs little padding.
     """
-    if len(pool) < 2 * count:
+    if len(pool) < count:
         raise ValueError(
-            f"similar_length_pairs needs {2 * count} sentences; got {len(pool)}."
+            f"median_length_window needs {count} sentences; got {len(pool)}."
         )
     ordered = sorted(pool, key=len)
-    start = max(0, len(ordered) // 2 - count)
-    window = ordered[start : start + 2 * count]
-    return window[0::2], window[1::2]
+    start = max(0, len(ordered) // 2 - count // 2)
+    return ordered[start : start + count]
 
 
 def measure_interactive(context: Context, stack: service.Stack) -> None:

@@ -35,7 +35,6 @@ from tests.helpers import (
     process_tree,
     run_script,
     stack_env,
-    wait_for,
 )
 
 logger = logging.getLogger(__name__)
@@ -229,8 +228,6 @@ def warm_workers(stack: Stack, processes: int, texts: Iterator[str]) -> None:
                 )
             batch = [next(texts) for _ in range(processes * 2)]
             list(pool.map(lambda text: translate(stack, text), batch))
-    # The model reporter refreshes its record every few seconds, so the
-    # count above may lag the load by that much; no timing depends on it.
 
 
 @dataclass
@@ -270,13 +267,14 @@ def cli_command(input_csv: Path, output_csv: Path, *extra: str) -> list[str]:
     ]
 
 
-def run_cli(stack: Stack, input_csv: Path, output_csv: Path) -> CliRun:
+def run_cli(stack: Stack, input_csv: Path, output_csv: Path, chunk_size: int) -> CliRun:
     """Run the CSV command and sample its memory until it exits."""
-    command = cli_command(input_csv, output_csv)
+    command = cli_command(input_csv, output_csv, "--chunk-size", str(chunk_size))
+    log = output_csv.with_suffix(".log")
     peak: MemoryUsage | None = None
     imports_torch: bool | None = None
     started = time.perf_counter()
-    with _process(command, stack.env) as process:
+    with _process(command, stack.env, log) as process:
         while process.poll() is None:
             sample = read_memory(process.pid)
             if sample is not None:
@@ -290,7 +288,7 @@ def run_cli(stack: Stack, input_csv: Path, output_csv: Path) -> CliRun:
                 )
             time.sleep(MEMORY_SAMPLE_SECONDS)
         seconds = time.perf_counter() - started
-        output = process.stdout.read() if process.stdout else ""
+    output = log.read_text(errors="replace")
     if process.returncode != 0:
         raise RuntimeError(
             f"The CSV command exited with status {process.returncode}:\n{output}"
@@ -303,8 +301,10 @@ def submit_csv_async(
 ) -> str:
     """Queue a CSV job with ``--async --json`` and return its job id."""
     command = cli_command(input_csv, output_csv, "--async", "--json", *extra)
-    with _process(command, stack.env) as process:
-        output, _ = process.communicate(timeout=CLI_TIMEOUT)
+    log = output_csv.with_suffix(".log")
+    with _process(command, stack.env, log) as process:
+        process.wait(timeout=CLI_TIMEOUT)
+    output = log.read_text(errors="replace")
     if process.returncode != 0:
         raise RuntimeError(f"The CSV command --async failed:\n{output}")
     for line in reversed(output.splitlines()):
@@ -314,22 +314,28 @@ def submit_csv_async(
 
 
 @contextmanager
-def _process(command: list[str], env: dict[str, str]) -> Iterator[Any]:
-    """Run a command; kill it on the way out if it is still running."""
-    process = subprocess.Popen(
-        command,
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+def _process(command: list[str], env: dict[str, str], log: Path) -> Iterator[Any]:
+    """Run a command with its output in ``log``; kill it if still running."""
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def clear_cache(stack: Stack) -> None:
+    """Clear every cache tier of the stack through the API."""
+    _check(request_json("POST", f"{stack.api}/api/cache/clear"), "/api/cache/clear")
 
 
 def cancel_job(stack: Stack, job_id: str) -> None:
@@ -385,19 +391,3 @@ def _role(service: str, index: int, command: str) -> str:
     if service == "worker":
         return "celery parent" if index == 0 else "celery child"
     return service if index == 0 else f"{service} child"
-
-
-def wait_until_idle(stack: Stack, timeout: float) -> None:
-    """Wait until the bulk and interactive queues are empty."""
-    import redis
-
-    client = redis.Redis.from_url(stack.env["REDIS_URL"])
-    try:
-        wait_for(
-            lambda: all(client.llen(queue) == 0 for queue in ("bulk", "interactive")),
-            timeout,
-            interval=0.5,
-            description=f"the queues of stack {stack.name} to empty",
-        )
-    finally:
-        client.close()

@@ -313,6 +313,8 @@ def _generate(
             encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states),
             max_new_tokens=limit,
             # Benchmarks only: random weights never emit EOS on their own.
+            # NOTE: another engine must force the same length; CTranslate2
+            # 4.x takes min_decoding_length = max_decoding_length.
             min_new_tokens=limit if forced_output_tokens(settings) else None,
             num_beams=settings.num_beams,
             no_repeat_ngram_size=no_repeat_ngram_size(settings),

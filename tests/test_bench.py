@@ -31,7 +31,7 @@ from bench.report import (
     write_chart,
 )
 from bench.run import evenly_spaced
-from bench.scenarios import similar_length_pairs
+from bench.scenarios import median_length_window
 from bench.stats import percentile, rate, ratio
 from core.config import load_settings, reset_settings
 from core.models import load_model, unload_all
@@ -159,16 +159,14 @@ def test_evenly_spaced_keeps_order_and_spread() -> None:
     assert evenly_spaced(items, 20) == items
 
 
-def test_similar_length_pairs_split_median_window() -> None:
+def test_median_length_window_picks_middle() -> None:
     pool = ["x" * length for length in (1, 50, 10, 11, 12, 13, 90, 2)]
-    first, second = similar_length_pairs(pool, 2)
-    assert first == ["x" * 10, "x" * 12]
-    assert second == ["x" * 11, "x" * 13]
+    assert median_length_window(pool, 4) == ["x" * n for n in (10, 11, 12, 13)]
 
 
-def test_similar_length_pairs_needs_enough() -> None:
+def test_median_length_window_needs_enough() -> None:
     with pytest.raises(ValueError, match="needs 4 sentences; got 3"):
-        similar_length_pairs(["a", "b", "c"], 2)
+        median_length_window(["a", "b", "c"], 4)
 
 
 # /proc parsing.
@@ -271,6 +269,7 @@ def sample_results(quick: bool = True, **changes: Any) -> dict[str, Any]:
         "load_average_end": [2.0, 1.0, 1.0],
         "sizes": {
             "sentences": 24,
+            "csv_chunk": 12,
             "naive": 4,
             "cached_requests": 50,
             "miss_requests": 3,
@@ -282,7 +281,7 @@ def sample_results(quick: bool = True, **changes: Any) -> dict[str, Any]:
             "bulk_chunk": 8,
             "bulk_rows": 1000,
         },
-        "full_sizes": {"sentences": 3000, "naive": 100},
+        "full_sizes": {"sentences": 3000, "naive": 100, "csv_chunk": 64},
         "settings": {"BENCH_FORCED_OUTPUT_TOKENS": "true"},
         "corpus": {"sentences": 24, "digest": "abc123"},
         "row_names": names,
@@ -395,16 +394,16 @@ def test_goals_met_and_not_met() -> None:
     goals = goals_by_name(sample_results())
 
     cold = goals["cold CSV >= 0.9x the in-process ceiling of the same engine"]
-    assert cold.measured == "0.83x"
+    assert cold.measured == "0.833x"
     assert cold.met is False
-    assert goals["default config >= 10x the naive baseline"].measured == "5.00x"
+    assert goals["default config >= 10x the naive baseline"].measured == "5x"
     assert goals["warm CSV rerun >= 50x faster than cold"].met is False
     assert goals["cached /api/translate p50 < 5 ms"].met is True
     assert goals["/api/batch with 1,000 cached texts < 100 ms (p50)"].met is False
     assert goals["uncached /api/translate p95 < 2 s while a CSV job runs"].met is True
     assert goals["API and CLI < 120 MB RSS each, without torch"].met is True
     pss = goals["worker with 2 children <= 1.3x the PSS of 1 child"]
-    assert pss.measured == "2.00x"
+    assert pss.measured == "2x"
     assert pss.met is False
 
 
@@ -439,12 +438,15 @@ def test_markdown_full_run_has_no_quick_banner() -> None:
 def test_markdown_tables() -> None:
     page = render_markdown(sample_results(), "bench/throughput.png")
     assert "![Target tokens per second by configuration](bench/throughput.png)" in page
-    assert "| csv one | WORKER_CONCURRENCY=1 | 24 | 480 | 48.0 | 10.0 | 5.00x | 0.83x |" in (
-        page
+    assert (
+        "| csv one | WORKER_CONCURRENCY=1 | 24 | 480 | 48.0 | 10.0 | 5.00x | 0.83x |"
+        in (page)
     )
     assert "skipped: ctranslate2 is not installed" in page
     assert "| cached /api/translate p50 < 5 ms | 4.0 ms | met |" in page
-    assert "| 1 worker process | api: gunicorn worker | 61.4 | 41.0 | 30.7 | no |" in page
+    assert (
+        "| 1 worker process | api: gunicorn worker | 61.4 | 41.0 | 30.7 | no |" in page
+    )
     assert "| CPU | Test CPU |" in page
     assert "| BENCH_FORCED_OUTPUT_TOKENS | true |" in page
 
