@@ -293,6 +293,7 @@ class Settings:
     no_repeat_ngram_size: int = 8
     repetition_penalty: float = 1.0
     torch_threads: int = 0
+    bench_forced_output_tokens: bool = False
 
     # Cache.
     cache_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "var" / "cache")
@@ -375,6 +376,7 @@ def load_settings() -> Settings:
         no_repeat_ngram_size=_env_int("NO_REPEAT_NGRAM_SIZE", 8, minimum=0),
         repetition_penalty=_env_float("REPETITION_PENALTY", 1.0, minimum=1.0),
         torch_threads=_env_int("TORCH_THREADS", 0, minimum=0),
+        bench_forced_output_tokens=_env_bool("BENCH_FORCED_OUTPUT_TOKENS", False),
         cache_dir=_env_path("CACHE_DIR", PROJECT_ROOT / "var" / "cache")
         or PROJECT_ROOT / "var" / "cache",
         cache_memory_entries=_env_int("CACHE_MEMORY_ENTRIES", 10_000, minimum=0),

@@ -73,7 +73,7 @@ class _PieceOutput:
 def generation_settings(settings: Settings | None = None) -> dict[str, Any]:
     """Return the generation settings that change the output for a given input."""
     settings = settings or get_settings()
-    return {
+    result: dict[str, Any] = {
         "num_beams": settings.num_beams,
         "max_new_tokens_ratio": settings.max_new_tokens_ratio,
         "max_new_tokens_extra": settings.max_new_tokens_extra,
@@ -81,11 +81,19 @@ def generation_settings(settings: Settings | None = None) -> dict[str, Any]:
         "no_repeat_ngram_size": no_repeat_ngram_size(settings),
         "repetition_penalty": repetition_penalty(settings),
     }
+    if forced_output_tokens(settings):
+        result["forced_output_tokens"] = True
+    return result
 
 
 def no_repeat_ngram_size(settings: Settings) -> int:
     """Return ``NO_REPEAT_NGRAM_SIZE`` from the settings, else the default."""
     return int(getattr(settings, "no_repeat_ngram_size", NO_REPEAT_NGRAM_SIZE))
+
+
+def forced_output_tokens(settings: Settings) -> bool:
+    """Return ``BENCH_FORCED_OUTPUT_TOKENS`` from the settings, else False."""
+    return bool(getattr(settings, "bench_forced_output_tokens", False))
 
 
 def repetition_penalty(settings: Settings) -> float:
@@ -265,8 +273,12 @@ def max_new_tokens(loaded: LoadedModel, input_tokens: int, settings: Settings) -
 
     The limit grows with the input's ``length_bucket``, so it is the same for
     every input of one batch, and never passes the model's position limit,
-    which opus-mt checkpoints share between encoder and decoder.
+    which opus-mt checkpoints share between encoder and decoder. With
+    ``BENCH_FORCED_OUTPUT_TOKENS`` the limit is the length bucket itself, and
+    ``_generate`` makes it the exact output length.
     """
+    if forced_output_tokens(settings):
+        return min(loaded.max_input_tokens, length_bucket(input_tokens))
     from_input = (
         math.ceil(length_bucket(input_tokens) * settings.max_new_tokens_ratio)
         + settings.max_new_tokens_extra
@@ -293,12 +305,17 @@ def _generate(
         encoder_states = loaded.model.get_encoder()(
             **inputs, return_dict=True
         ).last_hidden_state
+        limit = max_new_tokens(loaded, bucket, settings)
         # generate repeats the encoder output for beam search inside the object
         # it receives, so it gets an object of its own.
         sequences = loaded.model.generate(
             **inputs,
             encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states),
-            max_new_tokens=max_new_tokens(loaded, bucket, settings),
+            max_new_tokens=limit,
+            # Benchmarks only: random weights never emit EOS on their own.
+            # NOTE: another engine must force the same length; CTranslate2
+            # 4.x takes min_decoding_length = max_decoding_length.
+            min_new_tokens=limit if forced_output_tokens(settings) else None,
             num_beams=settings.num_beams,
             no_repeat_ngram_size=no_repeat_ngram_size(settings),
             repetition_penalty=repetition_penalty(settings),
