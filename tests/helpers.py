@@ -468,7 +468,8 @@ def run_worker(
         try:
             wait_for(
                 lambda: (
-                    process.poll() is not None or client.exists(f"mt:worker:{hostname}")
+                    process.poll() is not None
+                    or client.exists(f"mt:worker:{hostname}") > 0
                 ),
                 timeout=WORKER_START_TIMEOUT,
                 interval=0.2,
