@@ -172,6 +172,12 @@ class Settings:
     task_soft_time_limit: int = 270
     task_time_limit: int = 300
     visibility_timeout: int = 360
+    task_max_attempts: int = 3
+
+    # Test-only fault injection: unset in production.
+    test_item_delay: float = 0.0
+    test_raise_marker: str = ""
+    test_crash_marker: str = ""
 
     @property
     def pairs_are_configured(self) -> bool:
@@ -239,6 +245,10 @@ def load_settings() -> Settings:
         visibility_timeout=_env_int(
             "VISIBILITY_TIMEOUT", task_time_limit + 60, minimum=1
         ),
+        task_max_attempts=_env_int("TASK_MAX_ATTEMPTS", 3, minimum=1),
+        test_item_delay=_env_float("TEST_ITEM_DELAY", 0.0, minimum=0.0),
+        test_raise_marker=os.environ.get("TEST_RAISE_MARKER", "").strip(),
+        test_crash_marker=os.environ.get("TEST_CRASH_MARKER", "").strip(),
     )
     _validate(settings)
     return settings
