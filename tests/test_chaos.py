@@ -383,7 +383,11 @@ def test_killed_worker_redelivered(chaos: Chaos, tmp_path: Path) -> None:
     job_id = wait_mid_batch(chaos.client, known)
     group = process_tree(worker.pid)
     worker.kill_all()
-    assert pids_alive(group) == []
+    wait_for(
+        lambda: pids_alive(group) == [],
+        STOP_TIMEOUT,
+        description="every process of the killed worker to exit",
+    )
     chaos.start_worker()
 
     code, stdout, stderr = finish_cli(cli, REDELIVERY_TIMEOUT)
