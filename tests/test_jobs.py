@@ -7,6 +7,7 @@ worker writes them, so each status transition can be checked on its own.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -221,12 +222,20 @@ def test_done_job_lists_failed_items(job_redis: redis.Redis) -> None:
 def test_iter_items_reports_lost_job(job_redis: redis.Redis) -> None:
     chunk = jobs.Chunk(0, 1, misses=[0], task_id=str(uuid.uuid4()))
     job_id = make_job([chunk], 1)
-    items = jobs.iter_items(job_id, deadline=time.monotonic() + 30)
-    for key in job_redis.scan_iter(f"mt:job*{job_id}*"):
-        job_redis.delete(key)
+    items = jobs.iter_items(job_id, deadline=time.monotonic() + 10)
 
-    with pytest.raises(JobLost, match="Redis no longer has job"):
-        next(items)
+    def lose_job() -> None:
+        for key in job_redis.scan_iter(f"mt:job*{job_id}*"):
+            job_redis.delete(key)
+
+    # The keys go while the iteration waits for the chunk's task.
+    timer = threading.Timer(0.3, lose_job)
+    timer.start()
+    try:
+        with pytest.raises(JobLost, match="Redis no longer has job"):
+            next(items)
+    finally:
+        timer.join()
 
 
 def test_iter_items_waits_for_present_job(job_redis: redis.Redis) -> None:
