@@ -940,7 +940,7 @@ def write_output(
 
 @dataclass
 class Resubmission:
-    """What a command needs to submit rows again when Redis loses its job."""
+    """Request settings for submitting rows again when Redis loses their job."""
 
     source_lang: str
     target_lang: str
@@ -1241,7 +1241,7 @@ def _csv_job_from_record(job_id: str, record: dict[str, Any]) -> CsvJob:
         )
     if meta.get("first_row"):
         raise CliError(
-            f"Job {job_id} holds only the rows from row {meta['first_row'] + 1} "
+            f"Job {job_id} contains only the rows from row {meta['first_row'] + 1} "
             f"on: {PROGRAM} resubmitted them after Redis lost the job that had "
             "the whole file. Translate the file again to get a complete output."
         )

@@ -1,8 +1,8 @@
 """Chaos tests: killed workers, poison items, redelivery, Redis restarts, pickle.
 
-Each test runs real processes on 127.0.0.1: one Redis server for the module,
-with an append-only file so a restart keeps its data unless a test wipes it,
-``celery -A tasks worker`` processes started and killed by the tests, the CSV
+Each test runs real processes on 127.0.0.1. The module has one Redis server
+with an append-only file, so a restart keeps its data unless a test wipes it.
+The tests start and kill ``celery -A tasks worker`` processes, run the CSV
 command as a subprocess and, for the outage test, the API under gunicorn. The
 workers get the test-only fault settings: a delay per item that opens a window
 to kill them mid-batch, and marker texts that make a translation raise or kill
@@ -59,9 +59,9 @@ TASK_TIME_LIMIT = 30
 VISIBILITY_TIMEOUT = 35
 # Seconds a worker may take to start, and a whole CSV job to complete. A
 # job that waits longer is hung.
-# A killed worker's task is back on the queue at most VISIBILITY_TIMEOUT
-# plus one restore sweep (8 s here) after its delivery; the rest covers a
-# new worker's start and the remaining chunks on a busy machine.
+# A killed worker's task is back on the queue at most VISIBILITY_TIMEOUT plus
+# one restore sweep (8 s here) after its delivery. The remaining 52 s cover the
+# remaining chunks on a busy machine.
 REDELIVERY_TIMEOUT = VISIBILITY_TIMEOUT + 60
 WORKER_START_TIMEOUT = 90.0
 JOB_TIMEOUT = 150.0

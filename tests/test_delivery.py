@@ -1,7 +1,7 @@
 """Tests of bounded attempts and bisection in ``core.delivery``.
 
 The translate function here is a stand-in that records its calls, so each
-split and retry can be counted; the chaos tier runs the same code in real
+split and retry can be counted. The chaos tier runs the same code in real
 workers with real checkpoints.
 """
 
@@ -23,7 +23,7 @@ POISON = "poison"
 
 
 class Recorder:
-    """Translates by upper-casing; raises on any batch that holds POISON."""
+    """Translates by upper-casing; raises on any batch that contains POISON."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, list[str]]] = []
