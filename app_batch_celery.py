@@ -56,6 +56,7 @@ from core.errors import (
     InputTooLarge,
     InvalidRequest,
     JobExpired,
+    JobLost,
     JobNotFound,
     ServiceError,
     UnsupportedLanguagePair,
@@ -117,6 +118,8 @@ META_KEYS = (
 # Maximum row numbers kept per kind for the --verbose log. Later rows are counted only.
 MAX_LOGGED_ROWS = 1000
 SCORE_FORMAT = ".4f"
+# Failed rows that --status lists with their reason.
+MAX_STATUS_ERRORS = 20
 
 
 class CliError(Exception):
@@ -192,6 +195,8 @@ class WriteSummary:
     unrestored: int = 0
     error_rows: list[int] = field(default_factory=list)
     errors: int = 0
+    failed_rows: list[dict[str, Any]] = field(default_factory=list)
+    resubmissions: list[dict[str, Any]] = field(default_factory=list)
 
     def count(self, text: str, item: dict[str, Any]) -> None:
         """Count one row by how its translation was obtained.
@@ -217,6 +222,7 @@ class WriteSummary:
             self.errors += 1
             if len(self.error_rows) < MAX_LOGGED_ROWS:
                 self.error_rows.append(self.rows)
+                self.failed_rows.append({"row": self.rows, "error": item["error"]})
 
 
 # Command line.
@@ -795,11 +801,11 @@ def _check_unchanged(job: CsvJob) -> None:
 # Submitting.
 
 
-def _chunks(job: CsvJob, chunk_size: int) -> Iterator[list[str]]:
-    """Yield the texts of the rows, ``chunk_size`` at a time."""
+def _chunks(job: CsvJob, chunk_size: int, first_row: int = 0) -> Iterator[list[str]]:
+    """Yield the texts of the rows from ``first_row`` on, ``chunk_size`` at a time."""
     with csvio.open_rows(job.input_path, job.csv_format) as (header, rows):
         index = header.index(job.text_column)
-        texts = (_cell(row, index) for row in rows)
+        texts = itertools.islice((_cell(row, index) for row in rows), first_row, None)
         while chunk := list(itertools.islice(texts, chunk_size)):
             yield chunk
 
@@ -811,27 +817,36 @@ def submit_rows(
     options: TranslationOptions,
     chunk_size: int,
     progress: bool,
+    first_row: int = 0,
 ) -> str:
-    """Send the rows of ``job`` as a ``csv`` job on the bulk queue, return its id."""
+    """Send the rows of ``job`` as a ``csv`` job on the bulk queue, return its id.
+
+    With ``first_row``, only the rows from that index on are sent, and the job
+    records it in its metadata as ``first_row``.
+    """
+    expected = job.rows - first_row
+    meta = job.to_meta()
+    if first_row:
+        meta["first_row"] = first_row
     submission = Submission(
         JOB_KIND,
         source_lang,
         target_lang,
         options=options,
         queue=QUEUE_BULK,
-        total=job.rows,
-        **job.to_meta(),
+        total=expected,
+        **meta,
     )
     try:
-        with _progress_bar(job.rows, "Submitting", progress) as bar:
-            for texts in _chunks(job, chunk_size):
+        with _progress_bar(expected, "Submitting", progress) as bar:
+            for texts in _chunks(job, chunk_size, first_row):
                 submission.add(texts)
                 bar.update(len(texts))
-        if submission.total != job.rows:
+        if submission.total != expected:
             raise CliError(
                 f"The input {str(job.input_path)!r} changed while it was being "
-                f"submitted ({job.rows} rows at the check, {submission.total} "
-                "now). Run the translation again."
+                f"submitted ({job.rows} rows at the check, "
+                f"{first_row + submission.total} now). Run the translation again."
             )
         _check_unchanged(job)
         return submission.finish()
@@ -897,12 +912,15 @@ def write_output(
     output_path: Path,
     progress: bool,
     deadline: float | None = None,
+    resubmit: Resubmission | None = None,
 ) -> WriteSummary:
     """Write the input rows plus their translations to ``output_path``.
 
     Rows are read again and paired in order with the items of the job as its
     tasks finish. ``deadline`` is a ``time.monotonic()`` value bounding the
-    wait, None to wait as long as it takes.
+    wait, None to wait as long as it takes. When Redis loses the job and
+    ``resubmit`` is given, the rows not yet written are submitted again with
+    it and the output goes on from the new job.
     """
     summary = WriteSummary()
     with (
@@ -913,7 +931,7 @@ def write_output(
         width = len(header)
         index = _column_index(header, job.text_column, job)
         writer.writerow([*header, *job.added_columns])
-        items = iter_items(job_id, deadline=deadline, ride_out_outages=True)
+        items = _job_items(job, job_id, summary, deadline, resubmit)
         for row in rows:
             item = next(items, None)
             if item is None:
@@ -931,6 +949,70 @@ def write_output(
     _log_irregular_rows(summary, job)
     _log_flagged_rows(summary, job_id)
     return summary
+
+
+@dataclass
+class Resubmission:
+    """Request settings for submitting rows again when Redis loses their job."""
+
+    source_lang: str
+    target_lang: str
+    options: TranslationOptions
+    chunk_size: int
+
+    def submit(self, job: CsvJob, first_row: int) -> str:
+        """Submit the rows of ``job`` from index ``first_row`` on; return the job id."""
+        return submit_rows(
+            job,
+            self.source_lang,
+            self.target_lang,
+            self.options,
+            self.chunk_size,
+            progress=False,
+            first_row=first_row,
+        )
+
+
+def _job_items(
+    job: CsvJob,
+    job_id: str,
+    summary: WriteSummary,
+    deadline: float | None,
+    resubmit: Resubmission | None,
+) -> Iterator[dict[str, Any]]:
+    """Yield the job's items in row order, resubmitting rows that Redis lost."""
+    written = 0
+    while True:
+        try:
+            for item in iter_items(job_id, deadline=deadline, ride_out_outages=True):
+                written += 1
+                yield item
+            return
+        except JobLost:
+            if resubmit is None:
+                raise
+            lost_job = job_id
+            job_id = resubmit.submit(job, written)
+            summary.resubmissions.append(
+                {"lost": lost_job, "task_id": job_id, "first_row": written + 1}
+            )
+            lost_chunks = _chunk_range(written, job.rows, resubmit.chunk_size)
+            _warn(
+                f"Redis lost job {lost_job} before rows {written + 1}-{job.rows} "
+                f"were collected ({lost_chunks}). Resubmitted them as job "
+                f"{job_id}; the {written} rows already written are kept."
+            )
+
+
+def _chunk_range(written: int, rows: int, chunk_size: int) -> str:
+    """Name the chunks, numbered from 1, that hold rows ``written`` to ``rows``."""
+    first = written // chunk_size + 1
+    last = max(first, -(-rows // chunk_size))
+    return f"chunk {first}" if first == last else f"chunks {first}-{last}"
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _rows_mismatch(job: CsvJob, job_id: str) -> CliError:
@@ -970,6 +1052,13 @@ def _log_flagged_rows(summary: WriteSummary, job_id: str) -> None:
         if len(numbers) == MAX_LOGGED_ROWS:
             listing += f" (only the first {MAX_LOGGED_ROWS} are listed)"
         logger.info("Job %s: rows that %s: %s", job_id, description, listing)
+    for failure in summary.failed_rows:
+        logger.info(
+            "Job %s: row %d failed: %s",
+            job_id,
+            failure["row"],
+            failure["error"],
+        )
 
 
 def _row_count(count: int) -> str:
@@ -1004,6 +1093,8 @@ def _print_written(
             "unchanged": summary.unchanged,
             "unrestored": summary.unrestored,
             "errors": summary.errors,
+            "failed_rows": summary.failed_rows,
+            "resubmissions": summary.resubmissions,
         }
         print(json.dumps(report))
         return
@@ -1070,9 +1161,10 @@ def run_translate(args: argparse.Namespace) -> int:
         _print_queued(job_id, job, args)
         return EXIT_OK
 
+    resubmit = Resubmission(source_lang, target_lang, options, chunk_size)
     try:
         summary = write_output(
-            job, job_id, output_path, progress, _deadline(args.timeout)
+            job, job_id, output_path, progress, _deadline(args.timeout), resubmit
         )
     except KeyboardInterrupt:
         return _fail(
@@ -1147,6 +1239,10 @@ def _print_status(report: dict[str, Any], record: dict[str, Any]) -> None:
     print(f"Created: {report['created_at']}, expires: {report['expires_at']}")
     if report.get("error"):
         print(f"Error: {report['error']} ({len(report['errors'])} rows failed)")
+    elif report["errors"]:
+        print(f"Failed rows: {len(report['errors'])}, kept with their source text")
+        for entry in report["errors"][:MAX_STATUS_ERRORS]:
+            print(f"  row {entry['index'] + 1}: {entry['error']}")
 
 
 def _csv_job_from_record(job_id: str, record: dict[str, Any]) -> CsvJob:
@@ -1156,6 +1252,12 @@ def _csv_job_from_record(job_id: str, record: dict[str, Any]) -> CsvJob:
             f"Job {job_id} is a {record.get('kind')!r} job, not a CSV file "
             f"submitted by {PROGRAM}, so --collect cannot write it. Read its "
             f"result with GET /api/task/{job_id}."
+        )
+    if meta.get("first_row"):
+        raise CliError(
+            f"Job {job_id} contains only the rows from row {meta['first_row'] + 1} "
+            f"on: {PROGRAM} resubmitted them after Redis lost the job that had "
+            "the whole file. Translate the file again to get a complete output."
         )
     return CsvJob.from_meta(meta)
 

@@ -39,8 +39,13 @@ result_extended = False
 
 # Redis redelivers an unacknowledged message after the visibility timeout, so
 # it is longer than the hard time limit: a running task is never run twice.
+# Workers look for such messages every unacked_restore_interval seconds (kombu
+# 5.7 defaults to 10 s times a throttle of 10, about 100 s), which bounds the
+# redelivery of a killed worker's task to the timeout plus this interval.
 broker_transport_options = {
     "visibility_timeout": _settings.visibility_timeout,
+    "unacked_restore_interval": max(1, min(10, _settings.visibility_timeout // 4)),
+    "unacked_restore_throttle": 1,
     "socket_timeout": _settings.redis_timeout * 5,
     "socket_connect_timeout": _settings.redis_timeout,
 }

@@ -19,7 +19,7 @@ from typing import Any
 from celery import Celery, Task, signals
 from celery.app import trace as celery_trace
 
-from core import batching, jobs, metrics, models, routing, store, workers
+from core import batching, delivery, jobs, metrics, models, routing, store, workers
 from core import cache as cache_module
 from core.broker import BROKER_ERRORS
 from core.cache import get_cache
@@ -59,19 +59,31 @@ def translate_items(
     target_lang: str,
     options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Translate texts with the cache; return one item per text, in order."""
+    """Translate texts with the cache; return one item per text, in order.
+
+    Items that fail on every attempt come back with an ``error`` (see
+    ``core.delivery``) while the others are translated.
+    """
     task_id = task.request.id if task is not None else None
     _check_route(source_lang, target_lang)
     started = time.perf_counter()
-    pipeline = Pipeline(
-        TranslationOptions.from_dict(options),
-        worker=True,
-        progress=lambda done: _report_progress(task, done, len(texts)),
-        group_size=get_settings().max_batch_size,
-        owner=task_id,
-    )
-    items = pipeline.run(texts, source_lang, target_lang)
-    cached = sum(1 for item in items if item is not None and item.get("cached"))
+    settings = get_settings()
+    translation_options = TranslationOptions.from_dict(options)
+
+    def translate_range(start: int, subset: list[str]) -> list[dict[str, Any]]:
+        delivery.inject_test_faults(subset)
+        pipeline = Pipeline(
+            translation_options,
+            worker=True,
+            progress=lambda done: _report_progress(task, start + done, len(texts)),
+            group_size=settings.max_batch_size,
+            owner=task_id,
+        )
+        items = pipeline.run(subset, source_lang, target_lang)
+        return [item for item in items if item is not None]
+
+    items = delivery.translate_bounded(texts, translate_range, task_id=task_id)
+    cached = sum(1 for item in items if item.get("cached"))
     logger.info(
         "Task %s: %d texts %s-%s, %d cache hits, done in %.2f s",
         task_id,
@@ -81,7 +93,7 @@ def translate_items(
         cached,
         time.perf_counter() - started,
     )
-    return [item for item in items if item is not None]
+    return items
 
 
 def _check_route(source_lang: str, target_lang: str) -> None:

@@ -326,6 +326,12 @@ class Settings:
     visibility_timeout: int = 360
     single_flight_ttl: int = 60
     micro_batch_window: float = 0.01
+    task_max_attempts: int = 3
+
+    # Test-only fault injection: unset in production.
+    test_item_delay: float = 0.0
+    test_raise_marker: str = ""
+    test_crash_marker: str = ""
 
     @property
     def pairs_are_configured(self) -> bool:
@@ -406,6 +412,10 @@ def load_settings() -> Settings:
         ),
         single_flight_ttl=_env_int("SINGLE_FLIGHT_TTL", 60, minimum=1),
         micro_batch_window=_env_float("MICRO_BATCH_WINDOW", 0.01, minimum=0.0),
+        task_max_attempts=_env_int("TASK_MAX_ATTEMPTS", 3, minimum=1),
+        test_item_delay=_env_float("TEST_ITEM_DELAY", 0.0, minimum=0.0),
+        test_raise_marker=os.environ.get("TEST_RAISE_MARKER", "").strip(),
+        test_crash_marker=os.environ.get("TEST_CRASH_MARKER", "").strip(),
     )
     _validate(settings)
     return settings

@@ -75,6 +75,16 @@ class JobExpired(ServiceError):
     code = "job_expired"
 
 
+class JobLost(JobExpired):
+    """Redis lost the records of a job before it finished.
+
+    This happens when Redis restarts without persistence. The job can never
+    complete, so its texts must be submitted again.
+    """
+
+    code = "job_lost"
+
+
 class DeadlineExceeded(ServiceError):
     """A synchronous request did not finish within its deadline."""
 

@@ -34,6 +34,7 @@ from core.errors import (
     JobCancelled,
     JobExpired,
     JobFinished,
+    JobLost,
     JobNotFound,
     ServiceError,
     TranslationFailed,
@@ -46,6 +47,9 @@ JOB_PREFIX = "mt:job:"
 KNOWN_PREFIX = "mt:jobknown:"
 TOMBSTONE_EXTRA_SECONDS = 30 * 24 * 3600
 RESULT_POLL_INTERVAL = 0.05
+# Seconds between checks, while a task has no result, that Redis still has
+# the job's record; a job whose record vanished can never complete.
+JOB_PRESENCE_INTERVAL = 1.0
 OUTAGE_POLL_MAX_INTERVAL = 2.0
 RESULT_PAGE_SIZE = 1000
 MAX_RESULT_PAGE_SIZE = 10_000
@@ -214,8 +218,24 @@ def _chunks(job_id: str) -> list[dict[str, Any]]:
 def _chunk_detail(job_id: str, index: int) -> dict[str, Any]:
     raw = _redis_call(lambda client: client.get(f"{JOB_PREFIX}{job_id}:hits:{index}"))
     if raw is None:
+        check_job_present(job_id)
         raise JobExpired(f"Job {job_id!r} lost chunk {index}; submit it again.")
     return json.loads(raw)
+
+
+def check_job_present(job_id: str) -> dict[str, Any]:
+    """Return a job's metadata; raise ``JobLost`` when Redis no longer has it.
+
+    Only for a job known to exist: ``JobExpired`` is still raised for a job
+    that expired.
+    """
+    try:
+        return load_job(job_id)
+    except JobNotFound:
+        raise JobLost(
+            f"Redis no longer has job {job_id!r}: it lost its data, for example "
+            "when it restarted without persistence. Submit the texts again."
+        ) from None
 
 
 def _task_metas(task_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -271,6 +291,7 @@ def job_status(
     current = 0
     started = False
     failures: list[tuple[int, dict[str, Any], str]] = []
+    item_errors: list[tuple[int, dict[str, Any], dict[int, str]]] = []
     pending = False
     for index, chunk in enumerate(chunks):
         current += chunk["hits"]
@@ -282,6 +303,9 @@ def job_status(
         if status == states.SUCCESS:
             current += chunk["count"] - chunk["hits"]
             started = True
+            errors = _result_errors(meta.get("result"))
+            if errors:
+                item_errors.append((index, chunk, errors))
         elif status == states.FAILURE:
             failures.append((index, chunk, _failure_message(meta)))
             started = True
@@ -302,7 +326,7 @@ def job_status(
         "source_lang": record["source_lang"],
         "target_lang": record["target_lang"],
         "progress": {"current": current, "total": total},
-        "errors": [],
+        "errors": _item_error_entries(job_id, item_errors),
         "created_at": _iso(record["created_at"]),
         "expires_at": _iso(record["expires_at"]),
     }
@@ -311,7 +335,10 @@ def job_status(
     elif failures:
         report["status"] = STATUS_FAILED
         report["error"] = failures[0][2]
-        report["errors"] = _failure_items(job_id, failures)
+        report["errors"] = sorted(
+            report["errors"] + _failure_items(job_id, failures),
+            key=lambda entry: entry["index"],
+        )
     elif not pending and record["submitted"]:
         report["status"] = STATUS_DONE
         if include_result:
@@ -384,6 +411,36 @@ def _failure_items(
     return errors
 
 
+def _result_errors(result: Any) -> dict[int, str]:
+    """Return ``{position: error}`` for the failed items of a task's result.
+
+    Positions count the items the task translated, not the chunk's items.
+    """
+    if not isinstance(result, dict):
+        return {}
+    items = result.get("items") if "items" in result else [result]
+    return {
+        position: str(item["error"])
+        for position, item in enumerate(items or [])
+        if isinstance(item, dict) and item.get("error")
+    }
+
+
+def _item_error_entries(
+    job_id: str, item_errors: list[tuple[int, dict[str, Any], dict[int, str]]]
+) -> list[dict[str, Any]]:
+    """Return ``[{index, error}]`` for items that failed inside successful tasks."""
+    entries = []
+    for index, chunk, errors in item_errors:
+        misses = _chunk_detail(job_id, index)["misses"]
+        for position, message in errors.items():
+            if position < len(misses):
+                entries.append(
+                    {"index": chunk["start"] + misses[position], "error": message}
+                )
+    return entries
+
+
 def _iso(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
@@ -404,6 +461,7 @@ def wait_for_task(
     """
     interval = RESULT_POLL_INTERVAL
     warned = False
+    next_presence_check = time.monotonic() + JOB_PRESENCE_INTERVAL
     while True:
         try:
             meta = _task_metas([task_id]).get(task_id)
@@ -426,6 +484,9 @@ def wait_for_task(
                 return meta["result"]
             if status in states.PROPAGATE_STATES:
                 raise _failure_error(meta)
+        elif not warned and time.monotonic() >= next_presence_check:
+            next_presence_check = time.monotonic() + JOB_PRESENCE_INTERVAL
+            _outage_tolerant(check_job_present, (job_id,), ride_out_outages, job_id)
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded(
                 "The translation did not finish within the deadline. Poll "
@@ -472,7 +533,7 @@ def iter_items(
     while True:
         chunks = call(_chunks, job_id)
         if index >= len(chunks):
-            record = call(load_job, job_id)
+            record = call(check_job_present, job_id)
             if record["submitted"]:
                 return
             time.sleep(RESULT_POLL_INTERVAL)

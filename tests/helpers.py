@@ -88,6 +88,10 @@ SERVICE_ENV_VARS = (
     "TASK_SOFT_TIME_LIMIT",
     "TASK_TIME_LIMIT",
     "VISIBILITY_TIMEOUT",
+    "TASK_MAX_ATTEMPTS",
+    "TEST_ITEM_DELAY",
+    "TEST_RAISE_MARKER",
+    "TEST_CRASH_MARKER",
     # Read only by start_services.sh, stop_services.sh and run_tests.sh.
     "VENV_DIR",
     "RUN_DIR",
@@ -237,9 +241,11 @@ def find_redis_server() -> str:
 class RedisServer:
     """A throwaway Redis server process on 127.0.0.1 for one test or session.
 
-    The server keeps no data on disk. Use it as a context manager, or call
-    ``start()`` and ``stop()``. ``restart()`` reuses the same port, so clients
-    built from ``url`` reconnect to the new process.
+    The server keeps no data on disk unless ``appendonly`` is set, which writes
+    every change to an append-only file in its folder before replying. Use it
+    as a context manager, or call ``start()`` and ``stop()``. ``restart()``
+    reuses the same port, so clients built from ``url`` reconnect to the new
+    process.
     """
 
     def __init__(
@@ -247,10 +253,12 @@ class RedisServer:
         port: int | None = None,
         password: str | None = None,
         maxmemory: str = "256mb",
+        appendonly: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.password = password
         self.maxmemory = maxmemory
+        self.appendonly = appendonly
         self._dir = Path(tempfile.mkdtemp(prefix="redis-test-"))
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -285,7 +293,9 @@ class RedisServer:
             "--maxmemory-policy",
             "volatile-lru",
             "--appendonly",
-            "no",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
             "--save",
             "",
             "--daemonize",
@@ -352,11 +362,25 @@ class RedisServer:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(REDIS_STOP_TIMEOUT)
 
-    def restart(self, downtime: float = 0.0) -> None:
-        """Stop the server, stay down ``downtime`` seconds, start on the same port."""
+    def restart(self, downtime: float = 0.0, keep_data: bool = True) -> None:
+        """Stop the server, stay down ``downtime`` seconds, start on the same port.
+
+        With ``keep_data=False`` the append-only file is deleted first, so the
+        new process starts empty like a server without persistence.
+        """
         self.stop()
+        if not keep_data:
+            self.wipe_data()
         time.sleep(downtime)
         self.start()
+
+    def wipe_data(self) -> None:
+        """Delete the data files of a stopped server."""
+        if self._process is not None:
+            raise RuntimeError(f"Redis on port {self.port} is running; stop it first.")
+        shutil.rmtree(self._dir / "appendonlydir", ignore_errors=True)
+        for path in self._dir.glob("*.rdb"):
+            path.unlink()
 
     def read_log(self) -> str:
         try:

@@ -7,6 +7,7 @@ worker writes them, so each status transition can be checked on its own.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,13 @@ import pytest
 import redis
 
 from core import jobs
-from core.errors import JobExpired, JobNotFound, TranslationFailed
+from core.errors import (
+    DeadlineExceeded,
+    JobExpired,
+    JobLost,
+    JobNotFound,
+    TranslationFailed,
+)
 from tests.conftest import _reset_process_state
 from tests.helpers import RedisServer
 
@@ -193,3 +200,48 @@ def test_outage_is_ridden_out_when_asked(monkeypatch: pytest.MonkeyPatch) -> Non
     calls["count"] = 0
     with pytest.raises(jobs.BackendUnavailable):
         jobs._outage_tolerant(flaky, (), False, "job")
+
+
+def test_done_job_lists_failed_items(job_redis: redis.Redis) -> None:
+    task_id = str(uuid.uuid4())
+    chunk = jobs.Chunk(4, 3, hits={0: item("x", True)}, misses=[1, 2], task_id=task_id)
+    job_id = make_job(
+        [jobs.Chunk(0, 4, hits={i: item("h", True) for i in range(4)}), chunk], 7
+    )
+    failed = {**item("bad"), "error": "Translation failed 3 times: RuntimeError: boom"}
+    set_task_state(job_redis, task_id, "SUCCESS", {"items": [item("a"), failed]})
+
+    report = jobs.job_status(job_id, include_result=False)
+
+    assert report["status"] == "done"
+    assert report["errors"] == [
+        {"index": 6, "error": "Translation failed 3 times: RuntimeError: boom"}
+    ]
+
+
+def test_iter_items_reports_lost_job(job_redis: redis.Redis) -> None:
+    chunk = jobs.Chunk(0, 1, misses=[0], task_id=str(uuid.uuid4()))
+    job_id = make_job([chunk], 1)
+    items = jobs.iter_items(job_id, deadline=time.monotonic() + 10)
+
+    def lose_job() -> None:
+        for key in job_redis.scan_iter(f"mt:job*{job_id}*"):
+            job_redis.delete(key)
+
+    # The keys go while the iteration waits for the chunk's task.
+    timer = threading.Timer(0.3, lose_job)
+    timer.start()
+    try:
+        with pytest.raises(JobLost, match="Redis no longer has job"):
+            next(items)
+    finally:
+        timer.join()
+
+
+def test_iter_items_waits_for_present_job(job_redis: redis.Redis) -> None:
+    chunk = jobs.Chunk(0, 1, misses=[0], task_id=str(uuid.uuid4()))
+    job_id = make_job([chunk], 1)
+    items = jobs.iter_items(job_id, deadline=time.monotonic() + 1.5)
+
+    with pytest.raises(DeadlineExceeded):
+        next(items)
