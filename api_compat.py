@@ -35,6 +35,7 @@ from core.errors import (
     InputTooLarge,
     InvalidRequest,
     ServiceError,
+    TranslationFailed,
     UnsupportedLanguagePair,
 )
 from core.languages import base_language, language_name, normalize_code
@@ -206,7 +207,10 @@ def _translate(
     for index, item in enumerate(items):
         if item.get("error"):
             where = "The text" if len(items) == 1 else f"Text {index}"
-            raise InvalidRequest(f"{where} could not be translated: {item['error']}")
+            message = f"{where} could not be translated: {item['error']}"
+            if item.get("code") == TranslationFailed.code:
+                raise TranslationFailed(message)
+            raise InvalidRequest(message)
     _count_characters(texts)
     return items
 

@@ -30,6 +30,7 @@ from core.errors import (
     InputTooLarge,
     InvalidRequest,
     ServiceError,
+    TranslationFailed,
 )
 from core.languages import language_name
 from core.logs import configure_logging
@@ -180,6 +181,12 @@ def register_routes(app: Flask) -> None:
         source, target = _pair(body)
         options = TranslationOptions.from_request(body)
         item = dispatch.translate_sync([text], source, target, options, kind="text")[0]
+        if item.get("code") == TranslationFailed.code:
+            # One text has no other items to return, so its failure fails the
+            # request, as a failed task does.
+            raise TranslationFailed(
+                f"The text could not be translated: {item['error']}"
+            )
         return jsonify(
             {
                 "success": True,

@@ -92,6 +92,10 @@ class AttemptLog:
             logger.warning("Attempt count of %s unavailable: %s", self.key, error)
 
 
+# The ``code`` of an item that failed every attempt, as TranslationFailed's.
+FAILED_CODE = "translation_failed"
+
+
 def failed_item(text: str, reason: str) -> Item:
     """Return the item of a text that could not be translated: its source text."""
     return {
@@ -101,6 +105,7 @@ def failed_item(text: str, reason: str) -> Item:
         "score": None,
         "cached": False,
         "error": reason,
+        "code": FAILED_CODE,
     }
 
 

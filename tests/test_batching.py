@@ -171,3 +171,54 @@ def test_identical_misses_translated_once(batching_stack: dict[str, Any]) -> Non
     log = batching_stack["log"].read_text()
     translated = [int(count) for count in TRANSLATED.findall(log)]
     assert sum(translated) == 2, "each distinct text is translated once"
+
+
+@pytest.fixture
+def raising_worker(
+    stack_env: dict[str, str], tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """A worker that raises on every text containing ``POISON``."""
+    with RedisServer() as server:
+        env = {
+            **stack_env,
+            "REDIS_URL": server.url,
+            "CACHE_DIR": str(tmp_path / "worker-cache"),
+            "TEST_RAISE_MARKER": POISON,
+            "TASK_MAX_ATTEMPTS": "1",
+        }
+        for name in ("MODEL_DIR", "HF_HUB_OFFLINE", "NUM_BEAMS", "SYNC_TIMEOUT"):
+            clean_env.setenv(name, stack_env[name])
+        clean_env.setenv("REDIS_URL", server.url)
+        clean_env.setenv("CACHE_DIR", str(tmp_path / "front-cache"))
+        _reset_process_state()
+        with run_worker(env, "raiser", tmp_path):
+            yield
+        _reset_process_state()
+
+
+POISON = "zzpoisonzz"
+
+
+def test_failed_single_text_is_error(raising_worker: None) -> None:
+    import api_server
+
+    client = api_server.create_app().test_client()
+    pair = {"source_lang": "en", "target_lang": "es"}
+
+    single = client.post("/api/translate", json={"text": f"A {POISON} here.", **pair})
+    assert single.status_code == 500
+    assert single.get_json()["code"] == "translation_failed"
+    assert "RuntimeError" in single.get_json()["error"]
+
+    texts = ["A good sentence.", f"A {POISON} here."]
+    batch = client.post("/api/batch", json={"texts": texts, **pair})
+    assert batch.status_code == 200
+    items = batch.get_json()["items"]
+    assert "error" not in items[0]
+    assert items[1]["code"] == "translation_failed"
+
+    compat = client.post(
+        "/translate", json={"q": f"The {POISON} again.", "source": "en", "target": "es"}
+    )
+    assert compat.status_code == 500
+    assert "could not be translated" in compat.get_json()["error"]
