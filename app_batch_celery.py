@@ -80,6 +80,7 @@ from core.pipeline import (
     OUTCOME_UNCHANGED,
     item_outcome,
 )
+from core.workers import HEARTBEAT_TTL
 
 logger = logging.getLogger(__name__)
 
@@ -951,6 +952,11 @@ def write_output(
     return summary
 
 
+# Longer than a heartbeat's TTL, so every live worker has announced itself.
+RESUBMIT_WAIT = 2.0 * HEARTBEAT_TTL
+RESUBMIT_POLL = 1.0
+
+
 @dataclass
 class Resubmission:
     """Request settings for submitting rows again when Redis loses their job."""
@@ -961,16 +967,29 @@ class Resubmission:
     chunk_size: int
 
     def submit(self, job: CsvJob, first_row: int) -> str:
-        """Submit the rows of ``job`` from index ``first_row`` on; return the job id."""
-        return submit_rows(
-            job,
-            self.source_lang,
-            self.target_lang,
-            self.options,
-            self.chunk_size,
-            progress=False,
-            first_row=first_row,
-        )
+        """Submit the rows of ``job`` from index ``first_row`` on; return the job id.
+
+        Redis lost the workers' heartbeats with the job, and each worker
+        announces itself again within ``HEARTBEAT_INTERVAL`` seconds, so the
+        submission is retried until ``RESUBMIT_WAIT`` seconds have passed.
+        """
+        deadline = time.monotonic() + RESUBMIT_WAIT
+        while True:
+            try:
+                return submit_rows(
+                    job,
+                    self.source_lang,
+                    self.target_lang,
+                    self.options,
+                    self.chunk_size,
+                    progress=False,
+                    first_row=first_row,
+                )
+            except BackendUnavailable as error:
+                if time.monotonic() >= deadline:
+                    raise
+                logger.warning("Resubmission waits for the workers: %s", error)
+                time.sleep(RESUBMIT_POLL)
 
 
 def _job_items(
