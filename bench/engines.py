@@ -28,7 +28,10 @@ logger = logging.getLogger(__name__)
 class Throughput:
     """Target tokens per second of one engine, precision and batch size.
 
-    ``seconds`` holds the wall time of each timed run over all texts.
+    ``seconds`` is the wall time of each timed run over all texts, and
+    ``cpu_seconds`` is the CPU time of this process, all its threads
+    together, during each run. On a machine shared with other work, CPU time varies
+    less than wall time, but it also counts threads that spin while waiting.
     """
 
     engine: str
@@ -39,6 +42,7 @@ class Throughput:
     texts: int
     new_tokens: int
     seconds: tuple[float, ...]
+    cpu_seconds: tuple[float, ...]
 
     @property
     def target_tokens(self) -> int:
@@ -49,6 +53,11 @@ class Throughput:
     def median_tokens_per_second(self) -> float:
         """Target tokens per second of the median run."""
         return self.target_tokens / statistics.median(self.seconds)
+
+    @property
+    def median_tokens_per_cpu_second(self) -> float:
+        """Target tokens per CPU second of the run with the median CPU time."""
+        return self.target_tokens / statistics.median(self.cpu_seconds)
 
 
 def measure_throughput(
@@ -82,11 +91,14 @@ def measure_throughput(
 
     _run_batch(loaded, batches[0], new_tokens, settings)
     seconds = []
+    cpu_seconds = []
     for _ in range(runs):
         started = time.perf_counter()
+        cpu_started = time.process_time()
         for batch in batches:
             _run_batch(loaded, batch, new_tokens, settings)
         seconds.append(time.perf_counter() - started)
+        cpu_seconds.append(time.process_time() - cpu_started)
 
     result = Throughput(
         engine=loaded.engine,
@@ -97,6 +109,7 @@ def measure_throughput(
         texts=len(texts),
         new_tokens=new_tokens,
         seconds=tuple(seconds),
+        cpu_seconds=tuple(cpu_seconds),
     )
     logger.info(
         "%s %s on %s, beams %d, batch %d: %.0f target tokens/s (median of %d)",

@@ -29,18 +29,6 @@ logger = logging.getLogger(__name__)
 CT2_CACHE_FOLDER = "ct2-models"
 # Written last into a converted folder. A folder without it is incomplete.
 STAMP_NAME = "conversion.json"
-# Files of a checkpoint that the converter reads besides the weights.
-_CHECKPOINT_FILES = (
-    "config.json",
-    "generation_config.json",
-    "source.spm",
-    "target.spm",
-    "vocab.json",
-    "target_vocab.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
-
 # The compute type that CTranslate2 uses for each PRECISION value, and the
 # quantization that the converted files are stored in for it.
 COMPUTE_TYPES = {
@@ -157,15 +145,15 @@ def _move_into_place(
     staged: Path, folder: Path, fingerprint: str, quantization: str
 ) -> None:
     if folder.exists() and not _is_complete(folder, fingerprint, quantization):
-        # An incomplete folder from an interrupted older layout: nothing reads
-        # it, because every reader checks the stamp first.
+        # A folder without a matching stamp was not written by this function,
+        # which renames only complete folders. Readers ignore it, so it goes.
         shutil.rmtree(folder, ignore_errors=True)
     try:
         os.rename(staged, folder)
     except OSError:
         if not _is_complete(folder, fingerprint, quantization):
             raise
-        logger.debug("Another process converted %s first; keeping it", folder)
+        logger.debug("Another process converted %s first, so its copy is kept", folder)
 
 
 def cuda_available() -> bool:

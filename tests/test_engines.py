@@ -65,12 +65,12 @@ ALL_TEXTS = tuple(
 OUTPUT_TOKENS = 24
 GENERATE_BATCH = 16
 
-# Greedy search, 24 output tokens, the 128 texts of ALL_TEXTS, compared with
-# the fp32 output of the same engine. Measured on an AMD EPYC CPU with this
-# module's models: CTranslate2 int8 gave 117 of 128 identical outputs and 97.3 %
-# of output tokens equal at the same position; transformers' dynamic int8
-# quantisation gave 97 of 128 and 92.7 %. The bounds leave room for other CPUs,
-# whose int8 kernels round differently.
+# Minimum share of identical outputs and of equal tokens at the same
+# position, against the fp32 output of the same engine: greedy search, 24
+# output tokens, the 128 texts of ALL_TEXTS. On an AMD EPYC CPU, CTranslate2
+# int8 gave 117 of 128 identical outputs and 97.3 % equal tokens. transformers'
+# dynamic int8 quantisation gave 97 of 128 and 92.7 %. The bounds leave room
+# for other CPUs, whose int8 kernels round differently.
 INT8_AGREEMENT = {
     "ctranslate2": (0.75, 0.90),
     "transformers": (0.60, 0.85),
