@@ -1,16 +1,17 @@
 """The CTranslate2 engine: converted-model cache, loading and generation.
 
-A MarianMT checkpoint is converted once per checkpoint fingerprint and
-quantization with CTranslate2's transformers converter, into a folder under
-``CT2_CACHE_DIR``. Conversion writes to a staging folder and renames it into
-place, so processes converting the same checkpoint at once never read a
-half-written model. A ``ctranslate2.Translator`` must be created in the
-process that uses it, because its thread pools do not survive a fork.
-ctranslate2 is imported only inside the functions that need it.
+A MarianMT checkpoint is converted with CTranslate2's transformers converter
+once per checkpoint fingerprint, file modification times and quantization,
+into a folder under ``CT2_CACHE_DIR``. Conversion writes to a staging folder
+and renames it into place, so processes converting the same checkpoint at
+once never read a half-written model. A ``ctranslate2.Translator`` must be
+created in the process that uses it, because its thread pools do not survive
+a fork. ctranslate2 is imported only inside the functions that need it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -75,10 +76,26 @@ def cache_root(settings: Settings) -> Path:
 
 
 def converted_folder(
-    root: Path, name: str, fingerprint: str, quantization: str
+    root: Path, checkpoint: Path, name: str, fingerprint: str, quantization: str
 ) -> Path:
-    """Return the folder of one checkpoint's conversion to one quantization."""
-    return root / f"{name}-{fingerprint}-{quantization}"
+    """Return the folder of one checkpoint's conversion to one quantization.
+
+    The checkpoint fingerprint hashes only ``config.json`` and the names and
+    sizes of the other files, so the name also carries a digest of the
+    files' modification times: weights replaced by others of the same size
+    then get a new conversion.
+    """
+    digest = _files_digest(checkpoint)
+    return root / f"{name}-{fingerprint}-{digest}-{quantization}"
+
+
+def _files_digest(checkpoint: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(checkpoint.iterdir()):
+        if file.is_file():
+            stat = file.stat()
+            digest.update(f"{file.name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:8]
 
 
 def convert_checkpoint(
@@ -90,13 +107,14 @@ def convert_checkpoint(
 ) -> Path:
     """Return the converted model folder of a checkpoint, converting it if missing.
 
-    A complete folder for the same fingerprint and quantization is reused.
-    Otherwise the checkpoint is converted into a staging folder beside the
-    target and renamed into place. When another process renamed its own
-    conversion first, that one is kept and this one is deleted.
+    A complete folder for the same checkpoint files and quantization is
+    reused. Otherwise the checkpoint is converted into a staging folder
+    beside the target and renamed into place. When another process renamed
+    its own conversion first, that one is kept and this one is deleted.
     """
-    folder = converted_folder(root, name, fingerprint, quantization)
-    if _is_complete(folder, fingerprint, quantization):
+    folder = converted_folder(root, checkpoint, name, fingerprint, quantization)
+    stamp = {"folder": folder.name, "quantization": quantization}
+    if _is_complete(folder, stamp):
         logger.debug("Reusing converted model %s", folder)
         return folder
 
@@ -105,9 +123,8 @@ def convert_checkpoint(
     started = time.perf_counter()
     try:
         _run_converter(checkpoint, staging / "model", quantization)
-        stamp = {"fingerprint": fingerprint, "quantization": quantization}
         (staging / "model" / STAMP_NAME).write_text(json.dumps(stamp) + "\n")
-        _move_into_place(staging / "model", folder, fingerprint, quantization)
+        _move_into_place(staging / "model", folder, stamp)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info(
@@ -121,13 +138,12 @@ def convert_checkpoint(
     return folder
 
 
-def _is_complete(folder: Path, fingerprint: str, quantization: str) -> bool:
+def _is_complete(folder: Path, stamp: dict[str, str]) -> bool:
     try:
-        stamp = json.loads((folder / STAMP_NAME).read_text())
+        written = json.loads((folder / STAMP_NAME).read_text())
     except (OSError, ValueError):
         return False
-    expected = {"fingerprint": fingerprint, "quantization": quantization}
-    return bool(stamp == expected and (folder / "model.bin").is_file())
+    return bool(written == stamp and (folder / "model.bin").is_file())
 
 
 def _run_converter(checkpoint: Path, output: Path, quantization: str) -> None:
@@ -141,17 +157,15 @@ def _run_converter(checkpoint: Path, output: Path, quantization: str) -> None:
     converter.convert(str(output), quantization=quantization, force=True)
 
 
-def _move_into_place(
-    staged: Path, folder: Path, fingerprint: str, quantization: str
-) -> None:
-    if folder.exists() and not _is_complete(folder, fingerprint, quantization):
+def _move_into_place(staged: Path, folder: Path, stamp: dict[str, str]) -> None:
+    if folder.exists() and not _is_complete(folder, stamp):
         # A folder without a matching stamp was not written by this function,
         # which renames only complete folders. Readers ignore it, so it goes.
         shutil.rmtree(folder, ignore_errors=True)
     try:
         os.rename(staged, folder)
     except OSError:
-        if not _is_complete(folder, fingerprint, quantization):
+        if not _is_complete(folder, stamp):
             raise
         logger.debug("Another process converted %s first, so its copy is kept", folder)
 
@@ -214,6 +228,8 @@ def generate(
     sources = [tokenizer.convert_ids_to_tokens(list(ids)) for ids in source_ids]
     # With a forced EOS, transformers generates max_new_tokens - 1 tokens of
     # its own and then EOS, so the decoder stops one step early here.
+    # NOTE: with beam search, hypotheses that end with EOS before the limit
+    # are ranked differently than in transformers, so the outputs can differ.
     limit = max_new_tokens - 1 if model.forced_eos else max_new_tokens
     if limit < 1:
         hypotheses = [[model.eos_token] for _ in sources]
