@@ -20,6 +20,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PAIRS = ("en-es", "es-en", "en-de", "de-en", "en-fr", "fr-en")
 
+ENGINES = ("ctranslate2", "transformers")
+PRECISIONS = ("auto", "fp32", "fp16", "int8", "int8_fp16")
+# CTranslate2 names of the compute types, accepted as PRECISION values too.
+PRECISION_ALIASES = {"float32": "fp32", "float16": "fp16", "int8_float16": "int8_fp16"}
+
 
 class ConfigError(ValueError):
     """An environment variable contains a value that cannot be used."""
@@ -108,6 +113,11 @@ def _env_queues(name: str) -> tuple[str, ...]:
             f"comma-separated subset of {', '.join(WORKER_QUEUE_NAMES)}."
         )
     return tuple(queue for queue in WORKER_QUEUE_NAMES if queue in chosen)
+
+
+def _env_precision(name: str) -> str:
+    value = _env_str(name, "auto").lower()
+    return PRECISION_ALIASES.get(value, value)
 
 
 def _env_pairs(name: str) -> tuple[str, ...] | None:
@@ -284,7 +294,8 @@ class Settings:
     max_loaded_models: int = 2
     device: str = "auto"
     precision: str = "auto"
-    engine: str = "transformers"
+    engine: str = "ctranslate2"
+    ct2_cache_dir: Path | None = None
     num_beams: int = 4
     batch_token_budget: int = 6000
     max_batch_size: int = 64
@@ -372,8 +383,9 @@ def load_settings() -> Settings:
         auto_download_models=_env_bool("AUTO_DOWNLOAD_MODELS", False),
         max_loaded_models=_env_int("MAX_LOADED_MODELS", 2, minimum=1),
         device=_env_str("DEVICE", "auto").lower(),
-        precision=_env_str("PRECISION", "auto").lower(),
-        engine=_env_str("ENGINE", "transformers").lower(),
+        precision=_env_precision("PRECISION"),
+        engine=_env_str("ENGINE", "ctranslate2").lower(),
+        ct2_cache_dir=_env_path("CT2_CACHE_DIR", None),
         num_beams=_env_int("NUM_BEAMS", 4, minimum=1),
         batch_token_budget=_env_int("BATCH_TOKEN_BUDGET", 6000, minimum=64),
         max_batch_size=_env_int("MAX_BATCH_SIZE", 64, minimum=1),
@@ -422,17 +434,19 @@ def load_settings() -> Settings:
 
 
 def _validate(settings: Settings) -> None:
-    if settings.engine not in {"transformers"}:
+    if settings.engine not in ENGINES:
         raise ConfigError(
-            f"ENGINE={settings.engine!r} is not supported. Use 'transformers'."
+            f"ENGINE={settings.engine!r} is not supported. Use ctranslate2 or "
+            "transformers."
         )
     if settings.device not in {"auto", "cpu", "cuda"}:
         raise ConfigError(
             f"DEVICE={settings.device!r} is not valid. Use auto, cpu or cuda."
         )
-    if settings.precision not in {"auto", "fp32", "fp16"}:
+    if settings.precision not in PRECISIONS:
         raise ConfigError(
-            f"PRECISION={settings.precision!r} is not valid. Use auto, fp32 or fp16."
+            f"PRECISION={settings.precision!r} is not valid. Use auto, fp32, fp16, "
+            "int8 or int8_fp16."
         )
     if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError(

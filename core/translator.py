@@ -293,34 +293,104 @@ def _generate(
     settings: Settings,
     scored: bool,
 ) -> list[_PieceOutput]:
+    started = time.perf_counter()
+    limit = max_new_tokens(loaded, bucket, settings)
+    # Benchmarks only: random weights never emit EOS on their own, so every
+    # engine is held to exactly the limit.
+    minimum = limit if forced_output_tokens(settings) else 0
+    outputs = generate_batch(
+        loaded, texts, limit, settings, scored=scored, min_tokens=minimum
+    )
+    logger.debug(
+        "Generated a batch of %d pieces, bucket of %d tokens, with %s in %.3f s",
+        len(texts),
+        bucket,
+        loaded.engine,
+        time.perf_counter() - started,
+    )
+    return [
+        _PieceOutput(
+            strip_target_tokens(output.text), output.log_probability, output.tokens
+        )
+        for output in outputs
+    ]
+
+
+@dataclass(frozen=True)
+class GeneratedOutput:
+    """The output of one input of ``generate_batch``.
+
+    ``text`` is decoded without special tokens but may still contain a
+    ``>>xx<<`` token. ``generated_tokens`` counts the output tokens, a final
+    EOS included. ``log_probability`` sums the teacher-forced log-probability
+    of the ``tokens`` tokens that a score counts, both 0 when not scored.
+    """
+
+    text: str
+    generated_tokens: int
+    log_probability: float
+    tokens: int
+
+
+def generate_batch(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    max_tokens: int,
+    settings: Settings,
+    *,
+    scored: bool,
+    min_tokens: int = 0,
+) -> list[GeneratedOutput]:
+    """Generate one output per input text with the engine that loaded the model.
+
+    ``max_tokens`` and ``min_tokens`` bound the output tokens, EOS included.
+    Beam size and repetition rules come from ``settings``. Outputs come in
+    input order.
+    """
+    if loaded.engine == "ctranslate2":
+        return _generate_ctranslate2(
+            loaded, texts, max_tokens, min_tokens, settings, scored
+        )
+    return _generate_transformers(
+        loaded, texts, max_tokens, min_tokens, settings, scored
+    )
+
+
+def _generate_transformers(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    max_tokens: int,
+    min_tokens: int,
+    settings: Settings,
+    scored: bool,
+) -> list[GeneratedOutput]:
     import torch
     from transformers.modeling_outputs import BaseModelOutput
 
-    started = time.perf_counter()
     inputs = loaded.tokenizer(
-        texts, return_tensors="pt", padding="longest", truncation=False
+        list(texts), return_tensors="pt", padding="longest", truncation=False
     ).to(loaded.device)
+    # min_new_tokens is passed only when set, so the default call to generate
+    # keeps its arguments.
+    minimum = {"min_new_tokens": min_tokens} if min_tokens > 0 else {}
     with torch.inference_mode():
         # The encoder runs once here, so rescoring can reuse its output.
         encoder_states = loaded.model.get_encoder()(
             **inputs, return_dict=True
         ).last_hidden_state
-        limit = max_new_tokens(loaded, bucket, settings)
         # generate repeats the encoder output for beam search inside the object
         # it receives, so it gets an object of its own.
         sequences = loaded.model.generate(
             **inputs,
             encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states),
-            max_new_tokens=limit,
-            # Benchmarks only: random weights never emit EOS on their own.
-            # NOTE: another engine must force the same length; CTranslate2
-            # 4.x takes min_decoding_length = max_decoding_length.
-            min_new_tokens=limit if forced_output_tokens(settings) else None,
+            max_new_tokens=max_tokens,
             num_beams=settings.num_beams,
             no_repeat_ngram_size=no_repeat_ngram_size(settings),
             repetition_penalty=repetition_penalty(settings),
+            **minimum,
         )
         decoded = loaded.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        generated = _generated_counts(loaded, sequences)
         if scored:
             sums, counts = score_sequences(
                 loaded,
@@ -330,16 +400,53 @@ def _generate(
             )
         else:
             sums, counts = [0.0] * len(texts), [0] * len(texts)
+    return [
+        GeneratedOutput(text, length, total, count)
+        for text, length, total, count in zip(
+            decoded, generated, sums, counts, strict=True
+        )
+    ]
 
-    logger.debug(
-        "Generated a batch of %d pieces, bucket of %d tokens, in %.3f s",
-        len(texts),
-        bucket,
-        time.perf_counter() - started,
+
+def _generated_counts(loaded: LoadedModel, sequences: Any) -> list[int]:
+    """Count each row's tokens after the decoder start, pads excluded."""
+    labels = sequences[:, 1:]
+    pad = loaded.model.generation_config.pad_token_id
+    if pad is None:
+        return [int(labels.shape[1])] * int(labels.shape[0])
+    return [int(value) for value in (labels != pad).sum(dim=1)]
+
+
+def _generate_ctranslate2(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    max_tokens: int,
+    min_tokens: int,
+    settings: Settings,
+    scored: bool,
+) -> list[GeneratedOutput]:
+    from core import ct2
+
+    source_ids = loaded.tokenizer(list(texts), truncation=False)["input_ids"]
+    outputs = ct2.generate(
+        loaded.model,
+        loaded.tokenizer,
+        source_ids,
+        max_new_tokens=max_tokens,
+        min_new_tokens=min_tokens,
+        num_beams=settings.num_beams,
+        no_repeat_ngram_size=no_repeat_ngram_size(settings),
+        repetition_penalty=repetition_penalty(settings),
+        scored=scored,
+    )
+    decoded = loaded.tokenizer.batch_decode(
+        [output.token_ids for output in outputs], skip_special_tokens=True
     )
     return [
-        _PieceOutput(strip_target_tokens(text), total, count)
-        for text, total, count in zip(decoded, sums, counts, strict=True)
+        GeneratedOutput(
+            text, output.generated_tokens, output.log_probability, output.scored_tokens
+        )
+        for text, output in zip(decoded, outputs, strict=True)
     ]
 
 
@@ -372,8 +479,10 @@ def score_sequences(
         decoder_input_ids = sequences[:, :-1]
         labels = sequences[:, 1:]
         mask = _counted_tokens(loaded, labels)
+        # out_features, because a dynamically quantized Linear has no
+        # weight tensor attribute.
         chunk_rows = rescore_chunk_rows(
-            labels.shape[1], model.get_output_embeddings().weight.shape[0]
+            labels.shape[1], model.get_output_embeddings().out_features
         )
 
         sums = []

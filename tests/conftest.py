@@ -51,6 +51,19 @@ def _reset_process_state() -> None:
         reset_settings()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ct2_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One ``CT2_CACHE_DIR`` for the session, inherited by every started process.
+
+    Each checkpoint is then converted for CTranslate2 once per session, and no
+    converted model is written under the project's ``var/`` folder.
+    """
+    folder = tmp_path_factory.mktemp("ct2-models")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CT2_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A MODEL_DIR with tiny random-weight checkpoints: TINY_PAIRS and ROMANCE."""

@@ -24,7 +24,9 @@ import redis
 
 from core.config import PROJECT_ROOT
 
-# Every environment variable that the service or its scripts read.
+# Every environment variable that the service or its scripts read, except
+# CT2_CACHE_DIR: tests/conftest.py sets it once per session, and every test
+# and started process keeps it, so each checkpoint is converted only once.
 SERVICE_ENV_VARS = (
     "REDIS_URL",
     "CELERY_BROKER_URL",

@@ -5,7 +5,9 @@ like a downloaded ``Helsinki-NLP/opus-mt-SRC-TGT`` folder, but hold a few
 thousand parameters, so tests can run the real loading and generation code in
 seconds. The output is nonsense; only its shape and determinism matter.
 
-Usable as a function (``build_tiny_model``) and as a command::
+``--shape opus-mt`` builds a random-weight model with the layer sizes and
+vocabulary size of the real opus-mt checkpoints (74 M parameters), for speed
+measurements. Usable as a function (``build_tiny_model``) and as a command::
 
     python tests/make_tiny_model.py OUT_DIR en es --seed 0 --target-tokens es,fr
 """
@@ -20,6 +22,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -29,11 +32,32 @@ BUILDER_VERSION = 1
 STAMP_NAME = ".tiny-model.json"
 
 VOCAB_SIZE_PER_SIDE = 250
-D_MODEL = 32
-LAYERS = 2
-ATTENTION_HEADS = 2
-FFN_DIM = 64
 MAX_POSITIONS = 512
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Layer sizes of a built model.
+
+    ``vocab_size`` 0 keeps the joint sentencepiece vocabulary, about 500
+    tokens. A larger value appends filler tokens that the tokenizer never
+    produces, so the embedding and output layers get the real size.
+    """
+
+    d_model: int
+    layers: int
+    attention_heads: int
+    ffn_dim: int
+    vocab_size: int = 0
+
+
+SHAPES = {
+    "tiny": ModelShape(d_model=32, layers=2, attention_heads=2, ffn_dim=64),
+    # Helsinki-NLP/opus-mt-en-de: 6 + 6 layers, 8 heads, shared 58101 tokens.
+    "opus-mt": ModelShape(
+        d_model=512, layers=6, attention_heads=8, ffn_dim=2048, vocab_size=58101
+    ),
+}
 
 EOS_TOKEN = "</s>"
 UNK_TOKEN = "<unk>"
@@ -219,6 +243,7 @@ def build_tiny_model(
     seed: int = 0,
     init_std: float | None = None,
     target_tokens: Sequence[str] = (),
+    shape: str = "tiny",
 ) -> Path:
     """Write a tiny ``opus-mt-SRC-TGT`` checkpoint under ``out_dir``.
 
@@ -227,7 +252,12 @@ def build_tiny_model(
     add ``>>es<<`` and ``>>fr<<`` to the vocabulary, as in multi-target
     checkpoints. ``init_std`` overrides the weight initialisation scale of
     0.02; a larger value makes the output depend strongly on the input.
+    ``shape`` is a key of ``SHAPES``.
     """
+    if shape not in SHAPES:
+        raise ValueError(
+            f"Unknown model shape {shape!r}. Use one of {', '.join(SHAPES)}."
+        )
     out_dir = Path(out_dir)
     folder = out_dir / checkpoint_folder_name(source, target)
     stamp = {
@@ -238,6 +268,9 @@ def build_tiny_model(
         "init_std": init_std,
         "target_tokens": list(target_tokens),
     }
+    # The tiny stamp keeps its earlier content, so existing folders are reused.
+    if shape != "tiny":
+        stamp["shape"] = asdict(SHAPES[shape])
     if _read_stamp(folder) == stamp:
         logger.debug("Reusing tiny checkpoint %s", folder)
         return folder
@@ -245,7 +278,9 @@ def build_tiny_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=out_dir))
     try:
-        _write_checkpoint(staging, source, target, seed, init_std, target_tokens)
+        _write_checkpoint(
+            staging, source, target, seed, init_std, target_tokens, SHAPES[shape]
+        )
         (staging / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n")
         if folder.exists():
             shutil.rmtree(folder)
@@ -273,13 +308,14 @@ def _write_checkpoint(
     seed: int,
     init_std: float | None,
     target_tokens: Sequence[str],
+    shape: ModelShape,
 ) -> None:
     source_spm = _train_sentencepiece(corpus_for(source), seed)
     target_spm = _train_sentencepiece(corpus_for(target), seed)
     (folder / "source.spm").write_bytes(source_spm)
     (folder / "target.spm").write_bytes(target_spm)
 
-    vocab = _joint_vocab(source_spm, target_spm, target_tokens)
+    vocab = _joint_vocab(source_spm, target_spm, target_tokens, shape.vocab_size)
     _write_json(folder / "vocab.json", vocab)
     _write_json(
         folder / "tokenizer_config.json",
@@ -295,7 +331,7 @@ def _write_checkpoint(
         folder / "special_tokens_map.json",
         {"eos_token": EOS_TOKEN, "unk_token": UNK_TOKEN, "pad_token": PAD_TOKEN},
     )
-    _save_model(folder, len(vocab), seed, init_std)
+    _save_model(folder, len(vocab), seed, init_std, shape)
 
 
 def _train_sentencepiece(lines: Sequence[str], seed: int) -> bytes:
@@ -318,9 +354,15 @@ def _train_sentencepiece(lines: Sequence[str], seed: int) -> bytes:
 
 
 def _joint_vocab(
-    source_spm: bytes, target_spm: bytes, target_tokens: Sequence[str]
+    source_spm: bytes,
+    target_spm: bytes,
+    target_tokens: Sequence[str],
+    vocab_size: int = 0,
 ) -> dict[str, int]:
-    """Build the shared Marian vocabulary: EOS 0, UNK 1, pieces, pad last."""
+    """Build the shared Marian vocabulary: EOS 0, UNK 1, pieces, pad last.
+
+    Filler tokens ``<fill-N>`` go before pad until ``vocab_size`` tokens.
+    """
     import sentencepiece
 
     tokens = [EOS_TOKEN, UNK_TOKEN]
@@ -332,12 +374,18 @@ def _joint_vocab(
                 continue
             tokens.append(processor.id_to_piece(piece_id))
     unique = list(dict.fromkeys(tokens))
+    fillers = max(0, vocab_size - len(unique) - 1)
+    unique += [f"<fill-{index}>" for index in range(fillers)]
     unique.append(PAD_TOKEN)
     return {token: index for index, token in enumerate(unique)}
 
 
 def _save_model(
-    folder: Path, vocab_size: int, seed: int, init_std: float | None
+    folder: Path,
+    vocab_size: int,
+    seed: int,
+    init_std: float | None,
+    shape: ModelShape,
 ) -> None:
     import torch
     from transformers import GenerationConfig, MarianConfig, MarianMTModel
@@ -346,13 +394,13 @@ def _save_model(
     config = MarianConfig(
         vocab_size=vocab_size,
         decoder_vocab_size=vocab_size,
-        d_model=D_MODEL,
-        encoder_layers=LAYERS,
-        decoder_layers=LAYERS,
-        encoder_attention_heads=ATTENTION_HEADS,
-        decoder_attention_heads=ATTENTION_HEADS,
-        encoder_ffn_dim=FFN_DIM,
-        decoder_ffn_dim=FFN_DIM,
+        d_model=shape.d_model,
+        encoder_layers=shape.layers,
+        decoder_layers=shape.layers,
+        encoder_attention_heads=shape.attention_heads,
+        decoder_attention_heads=shape.attention_heads,
+        encoder_ffn_dim=shape.ffn_dim,
+        decoder_ffn_dim=shape.ffn_dim,
         max_position_embeddings=MAX_POSITIONS,
         activation_function="swish",
         scale_embedding=True,
@@ -405,6 +453,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="",
         help="comma-separated target codes added as >>xx<< tokens, such as es,fr",
     )
+    parser.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        default="tiny",
+        help="layer sizes: tiny (default) or opus-mt (74 M parameters)",
+    )
     args = parser.parse_args(argv)
 
     codes = [code.strip() for code in args.target_tokens.split(",") if code.strip()]
@@ -415,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         init_std=args.init_std,
         target_tokens=codes,
+        shape=args.shape,
     )
     print(folder)
     return 0

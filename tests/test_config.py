@@ -64,6 +64,7 @@ def test_typed_values(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ("LANGUAGE_PAIRS", "en", "'en', which is not a language pair"),
         ("ENGINE", "magic", "ENGINE='magic' is not supported"),
         ("DEVICE", "tpu", "DEVICE='tpu' is not valid"),
+        ("PRECISION", "bf16", "PRECISION='bf16' is not valid"),
         ("VISIBILITY_TIMEOUT", "10", "must be longer than TASK_TIME_LIMIT"),
     ],
 )
@@ -97,3 +98,36 @@ def test_reading_creates_no_directories(
     clean_env.setenv("CACHE_DIR", str(cache_dir))
     assert load_settings().cache_dir == cache_dir
     assert not cache_dir.exists()
+
+
+def test_engine_defaults(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.delenv("CT2_CACHE_DIR", raising=False)
+    settings = load_settings()
+    assert settings.engine == "ctranslate2"
+    assert settings.precision == "auto"
+    assert settings.ct2_cache_dir is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("float32", "fp32"),
+        ("FLOAT16", "fp16"),
+        ("int8_float16", "int8_fp16"),
+        ("int8", "int8"),
+        ("fp16", "fp16"),
+    ],
+)
+def test_precision_accepts_ctranslate2_names(
+    clean_env: pytest.MonkeyPatch, value: str, expected: str
+) -> None:
+    clean_env.setenv("PRECISION", value)
+    assert load_settings().precision == expected
+
+
+def test_engine_names(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("ENGINE", "Transformers")
+    clean_env.setenv("CT2_CACHE_DIR", str(tmp_path / "converted"))
+    settings = load_settings()
+    assert settings.engine == "transformers"
+    assert settings.ct2_cache_dir == (tmp_path / "converted").resolve()

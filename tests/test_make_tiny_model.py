@@ -177,3 +177,21 @@ def test_command_line_writes_folder(tmp_path: Path) -> None:
     assert stamp["seed"] == 2
     assert stamp["init_std"] == 0.5
     assert stamp["target_tokens"] == ["es", "fr"]
+
+
+def test_vocab_filled_to_shape_size() -> None:
+    from tests.make_tiny_model import _joint_vocab, _train_sentencepiece, corpus_for
+
+    spm = _train_sentencepiece(corpus_for("en"), seed=0)
+    vocab = _joint_vocab(spm, spm, ["es"], vocab_size=1000)
+
+    assert len(vocab) == 1000
+    assert vocab["</s>"] == 0
+    assert vocab[">>es<<"] == 2
+    assert vocab["<pad>"] == 999
+    assert "<fill-0>" in vocab
+
+
+def test_unknown_shape_names_choices(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"Unknown model shape 'huge'\. Use one of"):
+        build_tiny_model(tmp_path, "en", "es", shape="huge")

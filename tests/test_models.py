@@ -67,6 +67,9 @@ def isolated_env(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("hub-cache")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # The registry tests inspect the transformers model; tests/test_engines.py
+    # covers loading with CTranslate2.
+    monkeypatch.setenv("ENGINE", "transformers")
     reset_settings()
     unload_all()
     yield monkeypatch

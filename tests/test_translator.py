@@ -81,6 +81,9 @@ def fast_generation(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in SETTING_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # These tests inspect the transformers model; tests/test_engines.py
+    # compares CTranslate2 with it.
+    monkeypatch.setenv("ENGINE", "transformers")
     monkeypatch.setenv("NUM_BEAMS", "1")
     monkeypatch.setenv("MAX_NEW_TOKENS_RATIO", "0.2")
     monkeypatch.setenv("MAX_NEW_TOKENS_EXTRA", "3")
