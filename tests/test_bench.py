@@ -510,6 +510,8 @@ def forced_env(
     # One thread: two threads on a shared two-core machine wait on each other.
     monkeypatch.setenv("TORCH_THREADS", "1")
     monkeypatch.setenv("BENCH_FORCED_OUTPUT_TOKENS", "true")
+    # The spy below wraps transformers' generate.
+    monkeypatch.setenv("ENGINE", "transformers")
     reset_settings()
     unload_all()
     yield monkeypatch
