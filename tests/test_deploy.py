@@ -46,8 +46,21 @@ def test_compose_services_share_redis(compose: dict) -> None:
 
 
 def test_compose_redis_never_evicts_queues(compose: dict) -> None:
-    command = compose["services"]["redis"]["command"]
-    assert command[command.index("--maxmemory-policy") + 1] == "volatile-lru"
+    script = compose["services"]["redis"]["entrypoint"][-1]
+    assert "--maxmemory-policy volatile-lru" in script
+    assert "--appendonly yes" in script
+
+
+def test_compose_redis_password_stays_off_arguments(compose: dict) -> None:
+    redis = compose["services"]["redis"]
+    script = redis["entrypoint"][-1]
+    # The password reaches redis-server on standard input, not as an argument.
+    assert "| exec redis-server - " in script
+    assert "--requirepass" not in script
+    assert redis["environment"]["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+    for name in ("worker", "worker-interactive", "api", "ui", "flower"):
+        environment = compose["services"][name]["environment"]
+        assert environment["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?"), name
 
 
 def test_compose_commands_use_project_modules(compose: dict) -> None:
