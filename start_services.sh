@@ -179,6 +179,16 @@ redis_password() {
 
 # Start NAME CMD... in its own session and process group, with stdin taken
 # from the caller, output appended to LOG_DIR/NAME.log and the pid in RUN_DIR.
+# Fail before starting service $1 when another program already listens on
+# port $2, whose setting is $3: a readiness check would otherwise pass against
+# that program while the service itself fails to bind.
+require_free_port() {
+  running_pid "$1" >/dev/null && return 0
+  if (exec 3<>"/dev/tcp/$CHECK_HOST/$2") 2>/dev/null; then
+    die "$3=$2 is already in use on $CHECK_HOST by another program. Stop it, or set $3 to a free port."
+  fi
+}
+
 launch() {
   local name=$1
   shift
@@ -307,6 +317,11 @@ install_requirements
 build_tiny_models
 mkdir -p "$RUN_DIR" "$LOG_DIR"
 prepare_metrics_dir
+require_free_port api "$PORT" PORT
+require_free_port flower "$FLOWER_PORT" FLOWER_PORT
+if [[ -f app_streamlit.py ]]; then
+  require_free_port streamlit "$STREAMLIT_PORT" STREAMLIT_PORT
+fi
 start_redis
 
 # Celery's prefork pool and gunicorn's workers are children in the same process

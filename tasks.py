@@ -100,7 +100,7 @@ def _check_route(source_lang: str, target_lang: str) -> None:
     """Raise ``UnsupportedLanguagePair`` for a route outside ``WORKER_PAIRS``."""
     if _routes is None or source_lang == routing.AUTO:
         return
-    route = routing.route_key(source_lang, target_lang)
+    route = routing.served_route_key(source_lang, target_lang)
     if route not in _routes:
         raise UnsupportedLanguagePair(
             f"This worker serves only {', '.join(_routes)} (WORKER_PAIRS), not "

@@ -58,6 +58,12 @@ def require_workers() -> list[dict[str, Any]]:
     try:
         redis_client().ping()
         workers = live_workers()
+    except redis.AuthenticationError as error:
+        raise BackendUnavailable(
+            f"Redis rejected this client's password ({error}). Set "
+            "REDIS_PASSWORD, or REDIS_PASSWORD_FILE to the file start_services.sh "
+            "wrote (var/redis-password by default), in this shell and retry."
+        ) from None
     except redis.RedisError as error:
         raise BackendUnavailable(
             f"The broker at Redis is unreachable ({error}). Start Redis "

@@ -19,7 +19,7 @@ from kombu import Exchange, Queue
 
 from core import models
 from core.config import ConfigError, Settings, get_settings
-from core.errors import BackendUnavailable
+from core.errors import BackendUnavailable, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +41,25 @@ def route_key(source_lang: str, target_lang: str) -> str:
     return f"{source_lang}-{target_lang}"
 
 
+def served_route_key(source_lang: str, target_lang: str) -> str:
+    """Return the name of the served route that translates a request's pair.
+
+    Region codes map to the route that serves them, so ``en-US`` to ``es-ES``
+    is the route ``en-es`` when only ``opus-mt-en-es`` is served. A pair
+    without a served route keeps its own codes.
+    """
+    if source_lang == AUTO:
+        return route_key(source_lang, target_lang)
+    try:
+        refs = models.resolve_route(source_lang, target_lang)
+    except ServiceError:
+        return route_key(source_lang, target_lang)
+    return route_key(refs[0].source, refs[-1].target)
+
+
 def pair_queue(base: str, source_lang: str, target_lang: str) -> str:
     """Return the name of the per-route queue, such as ``bulk.en-de``."""
-    return f"{base}.{route_key(source_lang, target_lang)}"
+    return f"{base}.{served_route_key(source_lang, target_lang)}"
 
 
 def make_queue(name: str) -> Queue:
@@ -141,10 +157,10 @@ def choose_queue(
             "Name the source language, or start a worker without WORKER_PAIRS."
         )
 
-    route = route_key(source_lang, target_lang)
+    route = served_route_key(source_lang, target_lang)
     if any(_serves(worker, route) for worker in shared):
         return base
-    dedicated = pair_queue(base, source_lang, target_lang)
+    dedicated = f"{base}.{route}"
     if any(dedicated in worker.get("queues", []) for worker in workers):
         return dedicated
 

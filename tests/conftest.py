@@ -76,10 +76,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    """Remove every service setting from the environment for one test."""
+def clean_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[pytest.MonkeyPatch]:
+    """Remove every service setting from the environment for one test.
+
+    ``CACHE_DIR`` points at an empty folder of the test's own, so no test reads
+    the disk tier that a stack started in this checkout left in var/cache.
+    """
     for name in SERVICE_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     _reset_process_state()
     yield monkeypatch
     monkeypatch.undo()

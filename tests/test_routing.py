@@ -265,3 +265,29 @@ def test_worker_queues_setting(clean_env: pytest.MonkeyPatch) -> None:
     reset_settings()
     with pytest.raises(ConfigError, match="'fast'"):
         get_settings()
+
+
+@pytest.mark.unit
+def test_region_codes_use_served_route(
+    clean_env: pytest.MonkeyPatch, tiny_model_dir: Path
+) -> None:
+    clean_env.setenv("MODEL_DIR", str(tiny_model_dir))
+    _reset_process_state()
+    assert routing.served_route_key("en-US", "es-ES") == "en-es"
+    assert routing.served_route_key("es", "de") == "es-de"
+    assert routing.served_route_key("en", "ja") == "en-ja"
+    assert choose_queue("bulk", "en-US", "de-AT", [GERMAN]) == "bulk.en-de"
+    assert choose_queue("interactive", "en-GB", "es", [SHARED]) == "interactive"
+
+
+@pytest.mark.integration
+def test_missing_password_named(clean_env: pytest.MonkeyPatch) -> None:
+    from core.broker import require_workers
+
+    with RedisServer(password="s3cret-for-this-test") as server:
+        clean_env.setenv("REDIS_URL", f"redis://127.0.0.1:{server.port}/0")
+        _reset_process_state()
+        with pytest.raises(BackendUnavailable, match="REDIS_PASSWORD") as raised:
+            require_workers()
+        assert "s3cret" not in str(raised.value)
+        assert "unreachable" not in str(raised.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,8 @@ from tests.helpers import (
     pids_alive,
     process_group,
     process_tree,
+    run_script,
+    stack_env,
     wait_for,
 )
 
@@ -214,3 +217,19 @@ def test_redis_server_requires_password() -> None:
         assert authenticated.ping()
         unauthenticated.close()
         authenticated.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("setting", ["PORT", "FLOWER_PORT", "STREAMLIT_PORT"])
+def test_start_refuses_port_in_use(tmp_path: Path, setting: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = stack_env(tmp_path, tmp_path / "models", **{setting: str(port)})
+        result = run_script("start_services.sh", env, SCRIPT_TIMEOUT * 4)
+
+    assert result.returncode != 0
+    assert f"{setting}={port} is already in use" in result.stderr
+    # It failed before starting anything.
+    assert list((tmp_path / "run").glob("*.pid")) == []
