@@ -16,6 +16,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -23,11 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.config import Settings
+from core.config import PROJECT_ROOT, Settings
+from core.errors import ModelNotAvailable
 
 logger = logging.getLogger(__name__)
 
 CT2_CACHE_FOLDER = "ct2-models"
+# An opus-mt conversion takes seconds; this only stops a hung converter.
+CONVERT_TIMEOUT = 600
 # Written last into a converted folder. A folder without it is incomplete.
 STAMP_NAME = "conversion.json"
 # The compute type that CTranslate2 uses for each PRECISION value, and the
@@ -147,6 +152,43 @@ def _is_complete(folder: Path, stamp: dict[str, str]) -> bool:
 
 
 def _run_converter(checkpoint: Path, output: Path, quantization: str) -> None:
+    """Convert in a child process, so torch never loads into the worker.
+
+    The converter reads the checkpoint with transformers and torch, which
+    cost a process about 330 MB that the translating process never needs.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "core.ct2",
+        str(checkpoint),
+        str(output),
+        quantization,
+    ]
+    try:
+        subprocess.run(
+            command,
+            cwd=PROJECT_ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=CONVERT_TIMEOUT,
+        )
+    except subprocess.CalledProcessError as error:
+        detail = (error.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        raise ModelNotAvailable(
+            f"Converting {str(checkpoint)!r} to CTranslate2 failed: {detail[0]} "
+            "Check the checkpoint with 'python -m core.models verify', or set "
+            "ENGINE=transformers."
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise ModelNotAvailable(
+            f"Converting {str(checkpoint)!r} to CTranslate2 took over "
+            f"{CONVERT_TIMEOUT} s and was stopped. Retry, or set ENGINE=transformers."
+        ) from None
+
+
+def _convert_here(checkpoint: Path, output: Path, quantization: str) -> None:
     from ctranslate2.converters import TransformersConverter
     from transformers.utils import logging as transformers_logging
 
@@ -290,3 +332,8 @@ def _score(
         sums.append(float(sum(log_probs)))
         counts.append(len(log_probs))
     return sums, counts
+
+
+if __name__ == "__main__":
+    # python -m core.ct2 CHECKPOINT OUTPUT QUANTIZATION, run by _run_converter.
+    _convert_here(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])

@@ -45,6 +45,8 @@ HUB_ORGANIZATION = "Helsinki-NLP"
 CHECKPOINT_PREFIX = "opus-mt-"
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+# MarianConfig's default, for a config.json that leaves the field out.
+DEFAULT_MAX_POSITIONS = 1024
 TOKENIZER_FILES = ("source.spm", "target.spm", "vocab.json", "tokenizer_config.json")
 REQUIRED_FILES = ("config.json", "source.spm", "target.spm", "vocab.json")
 
@@ -922,16 +924,19 @@ def _load_ctranslate2(
     precision: str,
     settings: Settings,
 ) -> tuple[Any, int]:
-    """Load a checkpoint with CTranslate2, converting it first if needed."""
-    from transformers import GenerationConfig, MarianConfig
+    """Load a checkpoint with CTranslate2, converting it first if needed.
 
+    The configuration files are read as JSON: transformers' config classes
+    import torch, which this engine does not need.
+    """
     from core import ct2
 
-    config = MarianConfig.from_pretrained(path)
-    try:
-        generation = GenerationConfig.from_pretrained(path)
-    except OSError:
-        generation = GenerationConfig.from_model_config(config)
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    generation_path = path / "generation_config.json"
+    if generation_path.is_file():
+        generation = json.loads(generation_path.read_text(encoding="utf-8"))
+    else:
+        generation = config
     compute_type = ct2.COMPUTE_TYPES[precision]
     folder = ct2.convert_checkpoint(
         path, name, fingerprint, compute_type, ct2.cache_root(settings)
@@ -941,9 +946,9 @@ def _load_ctranslate2(
         device,
         compute_type,
         settings.torch_threads,
-        forced_eos=generation.forced_eos_token_id is not None,
+        forced_eos=generation.get("forced_eos_token_id") is not None,
     )
-    return model, int(config.max_position_embeddings)
+    return model, int(config.get("max_position_embeddings", DEFAULT_MAX_POSITIONS))
 
 
 _sacremoses_checked = False

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import pytest
 
 from bench.engines import measure_throughput
 from core import ct2, models
-from core.config import Settings, get_settings, reset_settings
+from core.config import PROJECT_ROOT, Settings, get_settings, reset_settings
 from core.errors import ModelNotAvailable
 from core.models import LoadedModel, checkpoint_fingerprint, load_model, unload_all
 from core.translator import (
@@ -687,3 +688,49 @@ def test_ct2_cache_beside_cache_dir(tmp_path: Path) -> None:
     assert ct2.cache_root(settings) == tmp_path / "ct2-models"
     chosen = Settings(cache_dir=tmp_path / "cache", ct2_cache_dir=tmp_path / "ct2")
     assert ct2.cache_root(chosen) == tmp_path / "ct2"
+
+
+TORCH_PROBE = """
+import sys
+from core import models
+loaded = models.load_model("en", "de")
+print(loaded.engine, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.unit
+def test_ctranslate2_worker_never_imports_torch(
+    engine_model_dir: Path, tmp_path: Path
+) -> None:
+    """Conversion runs in a child process, so the translating one stays light."""
+    env = {
+        **os.environ,
+        "MODEL_DIR": str(engine_model_dir),
+        "CT2_CACHE_DIR": str(tmp_path / "converted"),
+        "ENGINE": "ctranslate2",
+        "PRECISION": "int8",
+        "HF_HUB_OFFLINE": "1",
+    }
+    env.pop("LANGUAGE_PAIRS", None)
+    for attempt in ("converts", "reuses"):
+        result = subprocess.run(
+            [sys.executable, "-c", TORCH_PROBE],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["ctranslate2", "False"], attempt
+
+
+@pytest.mark.unit
+def test_failed_conversion_names_fix(tmp_path: Path) -> None:
+    broken = tmp_path / "opus-mt-en-de"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    with pytest.raises(ModelNotAvailable, match="ENGINE=transformers"):
+        ct2.convert_checkpoint(broken, "opus-mt-en-de", "abc", "int8", tmp_path / "out")
+    assert not (tmp_path / "out" / "opus-mt-en-de").exists()
