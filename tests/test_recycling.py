@@ -1,0 +1,72 @@
+"""Worker child processes that are recycled mid-run keep translating.
+
+A forked child that runs torch with several threads after its parent used
+torch can deadlock. Workers load torch only in their children, and this test
+runs many tasks through children that Celery replaces every few tasks, with
+two torch threads each, to catch a hang.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core import jobs
+from core.broker import send
+from tests.conftest import _reset_process_state
+from tests.helpers import RedisServer, run_worker
+
+pytestmark = pytest.mark.integration
+
+TASKS = 120
+TASKS_PER_CHILD = 10
+# Detects a hang: the tasks take well under a minute on two cores.
+HANG_TIMEOUT = 300.0
+CHILD_NAME = re.compile(r"ForkPoolWorker-(\d+)")
+
+
+@pytest.fixture
+def recycling_worker(
+    stack_env: dict[str, str], tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """A transformers worker whose two children are replaced every few tasks."""
+    with RedisServer() as server:
+        env = {
+            **stack_env,
+            "REDIS_URL": server.url,
+            "CACHE_DIR": str(tmp_path / "worker-cache"),
+            "ENGINE": "transformers",
+            "TORCH_THREADS": "2",
+            "WORKER_MAX_TASKS_PER_CHILD": str(TASKS_PER_CHILD),
+        }
+        clean_env.setenv("REDIS_URL", server.url)
+        _reset_process_state()
+        with run_worker(env, "recycler", tmp_path, concurrency=2):
+            yield tmp_path / "recycler.log"
+        _reset_process_state()
+
+
+def test_recycled_children_finish_all_tasks(recycling_worker: Path) -> None:
+    task_ids = [
+        send(
+            "tasks.translate_batch",
+            args=[[f"Sentence {index} for a recycled child."], "en", "es"],
+            queue="bulk",
+        )
+        for index in range(TASKS)
+    ]
+    deadline = time.monotonic() + HANG_TIMEOUT
+    results = [jobs.wait_for_task(task_id, deadline, task_id) for task_id in task_ids]
+
+    assert len(results) == TASKS
+    assert all(len(result["translations"]) == 1 for result in results)
+    assert all(result["translations"][0] for result in results)
+    children = {
+        int(number) for number in CHILD_NAME.findall(recycling_worker.read_text())
+    }
+    # Two children at a time, each replaced after TASKS_PER_CHILD tasks.
+    assert max(children) >= TASKS // TASKS_PER_CHILD
