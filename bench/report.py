@@ -257,7 +257,7 @@ def _child_uss(results: dict[str, Any]) -> str:
         for row in results.get("memory", [])
         if stacks
         and row["stack"] == stacks[-1]
-        and row["service"] == "worker"
+        and row["service"] in ("worker", "interactive")
         and row["role"] == "celery child"
     ]
     if not children:

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from bench.ceiling import expected_target_tokens, forced_length
+from bench.ceiling import expected_target_tokens
 from bench.corpus import build_corpus, corpus_digest, is_prose, split_sentences
+from bench.engines import count_generated_tokens, forced_length
 from bench.memory import (
     MemoryUsage,
     mapped_library,
@@ -33,6 +34,7 @@ from bench.report import (
 from bench.run import evenly_spaced
 from bench.scenarios import median_length_window
 from bench.stats import percentile, rate, ratio
+from core import translator
 from core.config import load_settings, reset_settings
 from core.models import load_model, unload_all
 from core.translator import generation_settings, translate_texts_scored
@@ -510,7 +512,8 @@ def forced_env(
     # One thread: two threads on a shared two-core machine wait on each other.
     monkeypatch.setenv("TORCH_THREADS", "1")
     monkeypatch.setenv("BENCH_FORCED_OUTPUT_TOKENS", "true")
-    # The spy below wraps transformers' generate.
+    monkeypatch.setenv("CT2_CACHE_DIR", str(tmp_path / "ct2"))
+    # The first spy below wraps transformers' generate.
     monkeypatch.setenv("ENGINE", "transformers")
     reset_settings()
     unload_all()
@@ -569,3 +572,74 @@ def test_forced_length_generates_exact_tokens(forced_env: pytest.MonkeyPatch) ->
     )
     generated = sum(count * length for count, length in rows)
     assert generated == expected_target_tokens(loaded.tokenizer, texts)
+
+
+FORCED_TEXTS = [
+    "The morning train to the coast leaves at seven.",
+    "Could you send me the invoice before Friday?",
+    "It was cold, so we lit a fire in the kitchen and waited for the "
+    "rain to stop before we walked along the river.",
+    "The morning train to the coast leaves at seven.",
+]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_ctranslate2_forced_length_generates_exact_tokens(
+    forced_env: pytest.MonkeyPatch, precision: str
+) -> None:
+    forced_env.setenv("ENGINE", "ctranslate2")
+    forced_env.setenv("PRECISION", precision)
+    reset_settings()
+    loaded = load_model("en", "de")
+    assert (loaded.engine, loaded.precision) == ("ctranslate2", precision)
+    lengths: list[int] = []
+    generate_batch = translator.generate_batch
+
+    def spy(*args: Any, **kwargs: Any) -> list[translator.GeneratedOutput]:
+        outputs = generate_batch(*args, **kwargs)
+        lengths.extend(output.generated_tokens for output in outputs)
+        return outputs
+
+    forced_env.setattr(translator, "generate_batch", spy)
+    translate_texts_scored(loaded, FORCED_TEXTS, "en")
+
+    expected = [
+        forced_length(len(ids), loaded.max_input_tokens)
+        for ids in loaded.tokenizer(list(dict.fromkeys(FORCED_TEXTS)))["input_ids"]
+    ]
+    assert sorted(lengths) == sorted(expected)
+    assert sum(lengths) == expected_target_tokens(loaded.tokenizer, FORCED_TEXTS)
+
+
+def test_ctranslate2_without_forced_length_stops_elsewhere(
+    forced_env: pytest.MonkeyPatch,
+) -> None:
+    # The counterpart of the test above: without the setting, the limit is
+    # the larger one of MAX_NEW_TOKENS_RATIO, so the counts differ.
+    forced_env.setenv("ENGINE", "ctranslate2")
+    forced_env.setenv("BENCH_FORCED_OUTPUT_TOKENS", "false")
+    reset_settings()
+    loaded = load_model("en", "de")
+
+    with count_generated_tokens() as count:
+        translate_texts_scored(loaded, FORCED_TEXTS, "en")
+
+    assert count.outputs == 3
+    assert count.tokens != expected_target_tokens(loaded.tokenizer, FORCED_TEXTS)
+
+
+@pytest.mark.parametrize("engine", ["transformers", "ctranslate2"])
+def test_count_generated_tokens_counts_every_engine(
+    forced_env: pytest.MonkeyPatch, engine: str
+) -> None:
+    forced_env.setenv("ENGINE", engine)
+    reset_settings()
+    loaded = load_model("en", "de")
+    original = translator.generate_batch
+
+    with count_generated_tokens() as count:
+        translate_texts_scored(loaded, FORCED_TEXTS, "en")
+
+    assert count.outputs == 3
+    assert count.tokens == expected_target_tokens(loaded.tokenizer, FORCED_TEXTS)
+    assert translator.generate_batch is original
