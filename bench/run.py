@@ -4,7 +4,7 @@ Usage, from the repository root with the project's virtual environment::
 
     python bench/run.py            # the full run: 3,000 sentences
     python bench/run.py --quick    # smaller sets: 48 sentences, fewer requests
-    python bench/run.py --torch-threads 1   # on a machine shared with others
+    python bench/run.py --torch-threads 1 --shared-machine   # a busy machine
 
 Every server binds 127.0.0.1 on a free port, and every process the run
 starts is stopped on the way out, after an error or Ctrl-C too.
@@ -214,6 +214,8 @@ def run(
     reserve = [sentence for sentence in corpus_all if sentence not in chosen]
     model_dir = build_bench_model(work_dir / "models", corpus_all, seed=SEED).parent
     env = _base_env(model_dir, settings)
+    # Ceilings keep their CTranslate2 conversions beside the benchmark model.
+    env["CT2_CACHE_DIR"] = str(work_dir / "ct2-models")
     for folder in ("logs", "csv"):
         (work_dir / folder).mkdir(parents=True, exist_ok=True)
 

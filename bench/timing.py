@@ -25,8 +25,11 @@ class Phase:
     extra_s: float = 0.0
 
     def scale(self, seconds: float, factor: float) -> None:
-        """Mark ``seconds`` of this phase as ``factor`` times longer when full."""
-        self.extra_s += seconds * (factor - 1)
+        """Mark ``seconds`` of this phase as ``factor`` times longer when full.
+
+        A negative ``seconds`` (a noisy difference of two timings) counts as 0.
+        """
+        self.extra_s += max(0.0, seconds) * (factor - 1)
 
 
 @contextmanager

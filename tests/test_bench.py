@@ -34,6 +34,7 @@ from bench.report import (
 from bench.run import evenly_spaced
 from bench.scenarios import median_length_window
 from bench.stats import percentile, rate, ratio
+from bench.timing import estimate_full_seconds, phase
 from core import translator
 from core.config import load_settings, reset_settings
 from core.models import load_model, unload_all
@@ -395,7 +396,10 @@ def goals_by_name(results: dict[str, Any]) -> dict[str, Any]:
 def test_goals_met_and_not_met() -> None:
     goals = goals_by_name(sample_results())
 
-    cold = goals["cold CSV >= 0.9x the in-process ceiling of the same engine"]
+    cold = goals[
+        "cold CSV (1 worker process) >= 0.9x the in-process ceiling of the "
+        "same engine and precision"
+    ]
     assert cold.measured == "0.833x"
     assert cold.met is False
     assert goals["default config >= 10x the naive baseline"].measured == "5x"
@@ -404,7 +408,10 @@ def test_goals_met_and_not_met() -> None:
     assert goals["/api/batch with 1,000 cached texts < 100 ms (p50)"].met is False
     assert goals["uncached /api/translate p95 < 2 s while a CSV job runs"].met is True
     assert goals["API and CLI < 120 MB RSS each, without torch"].met is True
-    pss = goals["worker with 2 children <= 1.3x the PSS of 1 child"]
+    pss = goals[
+        "workers of the default layout (2 processes) <= 1.3x the PSS of "
+        "1 worker process"
+    ]
     assert pss.measured == "2x"
     assert pss.met is False
 
@@ -429,6 +436,29 @@ def test_markdown_marks_quick_run() -> None:
     assert "**Quick run** (`--quick`)" in page
     assert "24 corpus sentences instead of 3,000" in page
     assert "python bench/run.py --quick" in page
+
+
+def test_markdown_states_shared_machine_and_estimate() -> None:
+    results = sample_results(quick=True, shared_machine=True, full_estimate_s=5400.0)
+    page = render_markdown(results, None)
+    assert "**Shared machine**" in page
+    assert "full run on this machine: about 90 minutes" in page
+    quiet = render_markdown(sample_results(quick=True), None)
+    assert "Shared machine" not in quiet
+    assert "Estimated duration" not in quiet
+
+
+def test_estimate_scales_only_marked_parts() -> None:
+    results: dict[str, Any] = {}
+    with phase(results, "ceiling") as current:
+        current.scale(2.0, 10.0)
+        current.scale(1.0, 3.0)
+        current.scale(-0.5, 3.0)
+    with phase(results, "setup"):
+        pass
+    assert [row["name"] for row in results["phases"]] == ["ceiling", "setup"]
+    assert results["phases"][0]["extra_s"] == 2.0 * 9 + 1.0 * 2
+    assert estimate_full_seconds(100.0, results["phases"]) == 120.0
 
 
 def test_markdown_full_run_has_no_quick_banner() -> None:
