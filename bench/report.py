@@ -486,10 +486,12 @@ def _memory_section(results: dict[str, Any]) -> list[str]:
     worker = results.get("worker_pss")
     if worker:
         lines += [
-            f"Worker PSS (parent and children): {mb(worker['pss_a_kib']):,.1f} MB "
-            f"with {worker['children_a']} child, {mb(worker['pss_b_kib']):,.1f} MB "
-            f"with {worker['children_b']} children "
-            f"({_fmt_ratio(ratio(worker['pss_b_kib'], worker['pss_a_kib']))}).",
+            "Worker PSS (Celery parents and children): "
+            f"{mb(worker['pss_a_kib']):,.1f} MB with {worker['children_a']} "
+            f"worker process, {mb(worker['pss_b_kib']):,.1f} MB with "
+            f"{worker['children_b']} worker processes in the "
+            f"{worker.get('stack_b', 'second stack')}: "
+            f"{_fmt_ratio(ratio(worker['pss_b_kib'], worker['pss_a_kib']))}.",
             "",
         ]
     return lines
