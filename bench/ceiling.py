@@ -7,10 +7,10 @@ one JSON object to stdout.
 
 - ``naive``: transformers alone, one ``generate`` call per text, beam 4, no
   cache and no batching, each output forced to the benchmark length.
-- ``engine``: the project's own code (``core.models.load_model`` and
-  ``core.translator.translate_texts_scored``, which the workers call)
-  translating the whole corpus in one call, so it sorts and batches every
-  sentence at once.
+- ``engine``: ``bench.engines.measure_throughput``, the project's own
+  translator (what the workers call) translating the whole corpus in one
+  call, so it sorts and batches every sentence at once, with the engine and
+  precision that ``ENGINE`` and ``PRECISION`` select.
 """
 
 from __future__ import annotations
@@ -28,27 +28,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.engines import WARMUP_TEXTS, forced_length
 from core.config import PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
 
 NUM_BEAMS_NAIVE = 4
-# Texts translated before the clock starts, so one-time costs (first
-# allocation, thread pool start) are not measured.
-WARMUP_TEXTS = 2
 MEASUREMENT_TIMEOUT = 7200.0
-
-
-def forced_length(input_tokens: int, max_positions: int) -> int:
-    """Return the benchmark output length of an input of ``input_tokens``.
-
-    This is the rule ``BENCH_FORCED_OUTPUT_TOKENS`` applies in
-    ``core.translator``: the input's token count, end-of-sentence token
-    included, rounded up to a multiple of 8, within the position limit.
-    """
-    from core.translator import length_bucket
-
-    return min(max_positions, length_bucket(input_tokens))
 
 
 def expected_target_tokens(tokenizer: Any, texts: Sequence[str]) -> int:
@@ -122,96 +108,60 @@ def measure_naive(model_dir: Path, texts: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def unavailable_reason(engine: str, compute_type: str) -> str | None:
-    """Return why this checkout cannot run an engine and precision, or None.
+def unavailable_reason(engine: str) -> str | None:
+    """Return why this checkout cannot run ``engine`` here, or None.
 
-    ``engine`` and ``compute_type`` are the values of ``ENGINE`` and
-    ``COMPUTE_TYPE`` in this process's environment, empty when unset.
+    The settings are read from this process's environment, as a worker
+    reads them, so a value the checkout rejects is reported, not raised.
     """
     from core.config import ConfigError, load_settings
 
     if engine == "ctranslate2" and importlib.util.find_spec("ctranslate2") is None:
         return "ctranslate2 is not installed"
     try:
-        settings = load_settings()
+        load_settings()
     except ConfigError as error:
         return f"this checkout rejects the settings: {error}"
-    if compute_type not in ("", "float32") and not hasattr(settings, "compute_type"):
-        return "COMPUTE_TYPE is not a setting of this checkout"
     return None
 
 
-def measure_engine(
-    texts: Sequence[str], engine: str, compute_type: str
-) -> dict[str, Any]:
-    """Translate all texts in one batched call of the project's translator.
+def measure_engine(texts: Sequence[str], engine: str) -> dict[str, Any]:
+    """Time the project's translator over all texts in one batched call.
 
-    Returns ``{"skipped": reason}`` when ``unavailable_reason`` gives one.
+    Returns ``{"skipped": reason}`` when ``unavailable_reason`` gives one or
+    the engine cannot run the precision on this device.
     """
-    reason = unavailable_reason(engine, compute_type)
+    reason = unavailable_reason(engine)
     if reason is not None:
         return {"kind": "engine", "skipped": reason}
 
+    from bench.engines import measure_throughput
     from core import models
     from core.config import get_settings
-    from core.translator import translate_texts_scored
+    from core.errors import ModelNotAvailable
 
     settings = get_settings()
     started = time.perf_counter()
-    loaded = models.load_model("en", "de")
+    try:
+        loaded = models.load_model("en", "de")
+    except ModelNotAvailable as error:
+        return {"kind": "engine", "skipped": str(error)}
     load_seconds = time.perf_counter() - started
-    counter = _count_generated_tokens(loaded)
-
-    translate_texts_scored(loaded, list(texts[:WARMUP_TEXTS]), "en")
-    counter["tokens"] = 0
-    started = time.perf_counter()
-    translate_texts_scored(loaded, list(texts), "en")
-    seconds = time.perf_counter() - started
-
-    result = {
+    result = measure_throughput(loaded, texts, runs=1)
+    return {
         "kind": "engine",
         "texts": len(texts),
-        "seconds": seconds,
-        "target_tokens": counter["tokens"] if counter["wrapped"] else None,
+        "seconds": result.seconds[0],
+        "cpu_seconds": result.cpu_seconds[0],
+        "target_tokens": result.target_tokens,
         "expected_target_tokens": expected_target_tokens(loaded.tokenizer, texts),
         "load_seconds": load_seconds,
-        "engine": settings.engine,
-        "compute_type": getattr(settings, "compute_type", None),
+        "engine": loaded.engine,
         "device": loaded.device,
         "precision": loaded.precision,
         "num_beams": settings.num_beams,
-        "torch_threads": _torch_threads(),
+        "torch_threads": settings.torch_threads,
     }
-    return result
-
-
-def _count_generated_tokens(loaded: Any) -> dict[str, int]:
-    """Wrap the model's ``generate`` to count the output tokens it returns.
-
-    Only a transformers model has ``generate``; for other engines the count
-    stays unset and the report uses the expected count instead.
-    """
-    counter = {"tokens": 0, "wrapped": 0}
-    generate = getattr(loaded.model, "generate", None)
-    if generate is None:
-        return counter
-
-    def counting_generate(*args: Any, **kwargs: Any) -> Any:
-        sequences = generate(*args, **kwargs)
-        counter["tokens"] += int(sequences.shape[0]) * (int(sequences.shape[1]) - 1)
-        return sequences
-
-    loaded.model.generate = counting_generate
-    counter["wrapped"] = 1
-    return counter
-
-
-def _torch_threads() -> int | None:
-    if "torch" not in sys.modules:
-        return None
-    import torch
-
-    return int(torch.get_num_threads())
 
 
 def run_measurement(
@@ -262,9 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if spec["kind"] == "naive":
         result = measure_naive(Path(spec["model_dir"]), texts)
     elif spec["kind"] == "engine":
-        result = measure_engine(
-            texts, os.environ.get("ENGINE", ""), os.environ.get("COMPUTE_TYPE", "")
-        )
+        result = measure_engine(texts, os.environ.get("ENGINE", ""))
     else:
         parser.error(f"spec kind {spec['kind']!r} is unknown; use naive or engine")
     print(json.dumps(result))

@@ -1,12 +1,17 @@
 """In-process throughput of one loaded model at a forced output length.
 
 Random-weight models never emit EOS on their own, so outputs would run to
-whatever limit each engine applies. ``measure_throughput`` instead forces
-every output to exactly ``new_tokens`` tokens (minimum = maximum), through
-the same ``core.translator.generate_batch`` that the workers run, so engines
-and precisions are compared on equal work. Load the model with
-``core.models.load_checkpoint`` after setting ``ENGINE``, ``PRECISION``,
+whatever limit each engine applies. With ``BENCH_FORCED_OUTPUT_TOKENS=true``
+the translator makes every engine generate exactly its token limit (the
+input's length bucket), and ``measure_throughput`` runs the same
+``core.translator.translate_texts_scored`` that the workers run, so engines and
+precisions are compared on equal work. Load the model with
+``core.models.load_model`` after setting ``ENGINE``, ``PRECISION``,
 ``DEVICE`` and ``NUM_BEAMS``; the measurement reads the same settings.
+
+``count_generated_tokens`` counts, for either engine, the tokens that
+``core.translator.generate_batch`` returns, and checks that each output has
+exactly the forced length.
 """
 
 from __future__ import annotations
@@ -14,40 +19,102 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from core.config import Settings, get_settings
+from core import translator
+from core.config import get_settings
 from core.models import LoadedModel
-from core.translator import generate_batch
+from core.translator import (
+    forced_output_tokens,
+    length_bucket,
+    translate_texts_scored,
+)
 
 logger = logging.getLogger(__name__)
+
+# Texts translated before the clock starts, so one-time costs (first
+# allocation, thread pool start, lazy engine set-up) are not measured.
+WARMUP_TEXTS = 2
+
+
+def forced_length(input_tokens: int, max_positions: int) -> int:
+    """Return the benchmark output length of an input of ``input_tokens``.
+
+    This is the rule ``BENCH_FORCED_OUTPUT_TOKENS`` applies in
+    ``core.translator``: the input's token count, end-of-sentence token
+    included, rounded up to a multiple of 8, within the position limit.
+    """
+    return min(max_positions, length_bucket(input_tokens))
+
+
+@dataclass
+class TokenCount:
+    """Generated tokens and outputs seen by ``count_generated_tokens``."""
+
+    tokens: int = 0
+    outputs: int = 0
+
+
+@contextmanager
+def count_generated_tokens() -> Iterator[TokenCount]:
+    """Count the output tokens of every ``generate_batch`` call in the block.
+
+    Works for every engine, because the translator calls
+    ``core.translator.generate_batch`` for each batch. Raises RuntimeError
+    when a call with a minimum length returns an output of another length
+    than its maximum, because the forced length did not hold.
+    """
+    count = TokenCount()
+    generate_batch = translator.generate_batch
+
+    def counting(
+        loaded: LoadedModel,
+        texts: Sequence[str],
+        max_tokens: int,
+        *args: Any,
+        **kw: Any,
+    ) -> list[translator.GeneratedOutput]:
+        outputs = generate_batch(loaded, texts, max_tokens, *args, **kw)
+        lengths = sorted({output.generated_tokens for output in outputs})
+        if kw.get("min_tokens") == max_tokens and lengths != [max_tokens]:
+            raise RuntimeError(
+                f"{loaded.engine} generated outputs of {lengths} tokens instead "
+                f"of exactly {max_tokens}, so the forced length did not hold."
+            )
+        count.tokens += sum(output.generated_tokens for output in outputs)
+        count.outputs += len(outputs)
+        return outputs
+
+    translator.generate_batch = counting  # type: ignore[assignment]
+    try:
+        yield count
+    finally:
+        translator.generate_batch = generate_batch  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
 class Throughput:
-    """Target tokens per second of one engine, precision and batch size.
+    """Target tokens per second of one engine and precision.
 
-    ``seconds`` is the wall time of each timed run over all texts, and
-    ``cpu_seconds`` is the CPU time of this process, all its threads
-    together, during each run. On a machine shared with other work, CPU time varies
-    less than wall time, but it also counts threads that spin while waiting.
+    ``target_tokens`` are the tokens generated in one run over all texts,
+    counted from the engine's outputs. ``seconds`` is the wall time of each
+    timed run, and ``cpu_seconds`` is the CPU time of this process, all its
+    threads together, during each run. On a machine shared with other work,
+    CPU time varies less than wall time, but it also counts threads that spin
+    while waiting.
     """
 
     engine: str
     precision: str
     device: str
     num_beams: int
-    batch_size: int
     texts: int
-    new_tokens: int
+    target_tokens: int
     seconds: tuple[float, ...]
     cpu_seconds: tuple[float, ...]
-
-    @property
-    def target_tokens(self) -> int:
-        """Output tokens of one run, EOS included."""
-        return self.texts * self.new_tokens
 
     @property
     def median_tokens_per_second(self) -> float:
@@ -61,78 +128,61 @@ class Throughput:
 
 
 def measure_throughput(
-    loaded: LoadedModel,
-    texts: Sequence[str],
-    *,
-    batch_size: int,
-    new_tokens: int,
-    runs: int = 3,
-    settings: Settings | None = None,
+    loaded: LoadedModel, texts: Sequence[str], *, runs: int = 3
 ) -> Throughput:
-    """Translate ``texts`` ``runs`` times in batches and time each run.
+    """Translate all ``texts`` in one translator call ``runs`` times.
 
-    One untimed batch runs first, so lazy initialisation is not measured.
-    Tokenisation and decoding are inside the timed region, scoring is not.
-    Raises RuntimeError when an engine does not produce exactly
-    ``new_tokens`` tokens for an input, because the numbers would then
-    compare unequal work.
+    The translator splits, sorts and batches every text at once, as a worker
+    does with one task's texts, and scores every output, as a worker does.
+    Batch sizes come from ``MAX_BATCH_SIZE`` and ``BATCH_TOKEN_BUDGET``.
+    Tokenisation, decoding and scoring are inside the timed region. Raises
+    ValueError unless ``BENCH_FORCED_OUTPUT_TOKENS`` is on, and RuntimeError
+    when an engine does not hold the forced length.
     """
-    if not texts or batch_size < 1 or new_tokens < 1 or runs < 1:
+    settings = get_settings()
+    if not texts or runs < 1:
         raise ValueError(
-            f"measure_throughput needs texts, batch_size >= 1, new_tokens >= 1 "
-            f"and runs >= 1; got {len(texts)} texts, batch_size={batch_size}, "
-            f"new_tokens={new_tokens}, runs={runs}."
+            f"measure_throughput needs texts and runs >= 1; got {len(texts)} "
+            f"texts and runs={runs}."
         )
-    settings = settings or get_settings()
-    batches = [
-        list(texts[start : start + batch_size])
-        for start in range(0, len(texts), batch_size)
-    ]
+    if not forced_output_tokens(settings):
+        raise ValueError(
+            "measure_throughput needs BENCH_FORCED_OUTPUT_TOKENS=true, so that "
+            "every engine generates the same number of tokens; it is off."
+        )
 
-    _run_batch(loaded, batches[0], new_tokens, settings)
+    translate_texts_scored(loaded, list(texts[:WARMUP_TEXTS]), loaded.source)
     seconds = []
     cpu_seconds = []
+    counted = []
     for _ in range(runs):
-        started = time.perf_counter()
-        cpu_started = time.process_time()
-        for batch in batches:
-            _run_batch(loaded, batch, new_tokens, settings)
-        seconds.append(time.perf_counter() - started)
-        cpu_seconds.append(time.process_time() - cpu_started)
+        with count_generated_tokens() as count:
+            started = time.perf_counter()
+            cpu_started = time.process_time()
+            translate_texts_scored(loaded, list(texts), loaded.source)
+            seconds.append(time.perf_counter() - started)
+            cpu_seconds.append(time.process_time() - cpu_started)
+        counted.append(count.tokens)
+    if len(set(counted)) != 1:
+        raise RuntimeError(f"The runs generated different token counts: {counted}.")
 
     result = Throughput(
         engine=loaded.engine,
         precision=loaded.precision,
         device=loaded.device,
         num_beams=settings.num_beams,
-        batch_size=batch_size,
         texts=len(texts),
-        new_tokens=new_tokens,
+        target_tokens=counted[0],
         seconds=tuple(seconds),
         cpu_seconds=tuple(cpu_seconds),
     )
     logger.info(
-        "%s %s on %s, beams %d, batch %d: %.0f target tokens/s (median of %d)",
+        "%s %s on %s, beams %d: %.0f target tokens/s (median of %d)",
         result.engine,
         result.precision,
         result.device,
         result.num_beams,
-        batch_size,
         result.median_tokens_per_second,
         runs,
     )
     return result
-
-
-def _run_batch(
-    loaded: LoadedModel, batch: list[str], new_tokens: int, settings: Settings
-) -> None:
-    outputs = generate_batch(
-        loaded, batch, new_tokens, settings, scored=False, min_tokens=new_tokens
-    )
-    lengths = sorted({output.generated_tokens for output in outputs})
-    if lengths != [new_tokens]:
-        raise RuntimeError(
-            f"{loaded.engine} generated outputs of {lengths} tokens instead of "
-            f"exactly {new_tokens}, so the forced length did not hold."
-        )

@@ -24,7 +24,9 @@ from typing import Any
 
 from tests.make_tiny_model import (
     EOS_TOKEN,
+    MAX_POSITIONS,
     PAD_TOKEN,
+    SHAPES,
     UNK_TOKEN,
     checkpoint_folder_name,
 )
@@ -38,13 +40,12 @@ STAMP_NAME = ".bench-model.json"
 SOURCE_LANG = "en"
 TARGET_LANG = "de"
 
-# The values of Helsinki-NLP/opus-mt-en-de's config.json.
-VOCAB_SIZE = 58_101
-D_MODEL = 512
-LAYERS = 6
-ATTENTION_HEADS = 8
-FFN_DIM = 2048
-MAX_POSITIONS = 512
+# The layer sizes of Helsinki-NLP/opus-mt-en-de, shared with
+# ``tests/make_tiny_model.py --shape opus-mt``. That builder trains its
+# tokenizer on a few dozen embedded sentences, so real text splits into far
+# more tokens than opus-mt's; this one trains on the benchmark corpus.
+SHAPE = SHAPES["opus-mt"]
+VOCAB_SIZE = SHAPE.vocab_size
 
 # Fields of the hub's config.json that MarianConfig stores but never reads:
 # transformers always gives Marian static sinusoidal positions.
@@ -189,13 +190,13 @@ def _save_model(folder: Path, vocab_size: int, seed: int) -> None:
     config = MarianConfig(
         vocab_size=vocab_size,
         decoder_vocab_size=vocab_size,
-        d_model=D_MODEL,
-        encoder_layers=LAYERS,
-        decoder_layers=LAYERS,
-        encoder_attention_heads=ATTENTION_HEADS,
-        decoder_attention_heads=ATTENTION_HEADS,
-        encoder_ffn_dim=FFN_DIM,
-        decoder_ffn_dim=FFN_DIM,
+        d_model=SHAPE.d_model,
+        encoder_layers=SHAPE.layers,
+        decoder_layers=SHAPE.layers,
+        encoder_attention_heads=SHAPE.attention_heads,
+        decoder_attention_heads=SHAPE.attention_heads,
+        encoder_ffn_dim=SHAPE.ffn_dim,
+        decoder_ffn_dim=SHAPE.ffn_dim,
         max_position_embeddings=MAX_POSITIONS,
         activation_function="swish",
         scale_embedding=True,

@@ -95,13 +95,16 @@ def evaluate_goals(results: dict[str, Any]) -> list[Goal]:
     ceiling = _rate(throughput_row(results, names.get("default_ceiling", "")))
     one_process = _rate(throughput_row(results, names.get("csv_one", "")))
     default = _rate(throughput_row(results, names.get("csv_default", "")))
+    engine = results.get("default_engine") or {}
+    default_name = f"{engine.get('engine', 'n/a')} {engine.get('precision', '')}"
     goals = []
 
     chunk = results.get("sizes", {}).get("csv_chunk", "CHUNK_SIZE")
     value = ratio(one_process, ceiling)
     goals.append(
         Goal(
-            "cold CSV >= 0.9x the in-process ceiling of the same engine",
+            "cold CSV (1 worker process) >= 0.9x the in-process ceiling of the "
+            "same engine and precision",
             _goal_ratio(value),
             _check(value, value is not None and value >= 0.9),
             f"The CSV path batches at most {chunk} texts per task, so "
@@ -116,12 +119,11 @@ def evaluate_goals(results: dict[str, Any]) -> list[Goal]:
             "default config >= 10x the naive baseline",
             _goal_ratio(value),
             _check(value, value is not None and value >= 10),
-            "The default engine is transformers fp32, the engine of the naive "
-            "baseline, so only batching helps. The batched ceiling, which "
-            "also rescores every output for its score (one more forward "
-            f"pass), is {_goal_ratio(ratio(ceiling, naive))} the naive rate "
-            "here, so the goal needs a faster default engine or a lower "
-            "precision.",
+            f"The default engine is {default_name}. Its batched ceiling, "
+            "which also rescores every output for its score (one more "
+            f"forward pass), is {_goal_ratio(ratio(ceiling, naive))} the "
+            "naive rate here, and the CSV path loses more to its chunks "
+            "(see the first goal).",
         )
     )
     value = ratio(default, transformers)
@@ -130,8 +132,10 @@ def evaluate_goals(results: dict[str, Any]) -> list[Goal]:
             "default config >= 2.5x the transformers fp32 batched ceiling",
             _goal_ratio(value),
             _check(value, value is not None and value >= 2.5),
-            "The default engine of this checkout is transformers fp32, the "
-            "engine of that ceiling, so the service cannot pass it.",
+            f"The default engine is {default_name}; its in-process ceiling is "
+            f"{_goal_ratio(ratio(ceiling, transformers))} the transformers "
+            "fp32 ceiling here, so the service can pass only if the CSV path "
+            "keeps close to its own ceiling.",
         )
     )
     warm = results.get("warm") or {}
@@ -184,9 +188,11 @@ def _latency_goals(results: dict[str, Any]) -> list[Goal]:
             "micro-batching: concurrent single misses >= 4x faster than sequential",
             _goal_ratio(value),
             _check(value, value is not None and value >= 4),
-            "Each /api/translate miss is its own Celery task, and a worker "
-            "process runs one task at a time, so concurrent misses are "
-            "translated one after another instead of in one batch.",
+            "Concurrent misses are gathered into one batch, but on few CPU "
+            "threads a batch of a few texts costs almost as much per text as "
+            "one text alone (the batched gain of the engines grows with "
+            "larger batches), and every request keeps its own task and HTTP "
+            "round trip.",
         )
     )
 
@@ -197,9 +203,9 @@ def _latency_goals(results: dict[str, Any]) -> list[Goal]:
             "uncached /api/translate p95 < 2 s while a CSV job runs",
             f"{_fmt(value, 2)} s",
             _check(value, value is not None and value < 2),
-            "The worker processes consume the interactive and the bulk queue "
-            "alike, so an interactive task waits until a running bulk chunk "
-            "finishes; with one worker process no process is free for it.",
+            "The interactive worker is free for single requests, but it shares "
+            "the CPU cores with the bulk worker's running chunks, so each "
+            "request is translated at a fraction of the machine's speed.",
         )
     )
     return goals
@@ -237,13 +243,13 @@ def _memory_goals(results: dict[str, Any]) -> list[Goal]:
     children = worker.get("children_b", 2)
     goals.append(
         Goal(
-            f"worker with {children} children <= 1.3x the PSS of 1 child",
+            f"workers of the default layout ({children} processes) <= 1.3x "
+            "the PSS of 1 worker process",
             _goal_ratio(value),
             _check(value, value is not None and value <= 1.3),
-            "Each worker child loads the model after the fork. The pages of "
-            "the memory-mapped weight file are shared between children, but "
-            f"each child keeps {_child_uss(results)} MB of private memory "
-            "(USS: the torch runtime, allocator arenas, activations).",
+            "The default layout runs two Celery workers, each a parent and a "
+            "child, and each child loads its own copy of the model: "
+            f"{_child_uss(results)} MB of private memory (USS) per child.",
         )
     )
     return goals
@@ -257,7 +263,7 @@ def _child_uss(results: dict[str, Any]) -> str:
         for row in results.get("memory", [])
         if stacks
         and row["stack"] == stacks[-1]
-        and row["service"] == "worker"
+        and row["service"] in ("worker", "interactive")
         and row["role"] == "celery child"
     ]
     if not children:
@@ -293,6 +299,22 @@ def _intro(results: dict[str, Any]) -> list[str]:
             "latency measurement (see Method). "
             "Small sets favour fixed costs such as start-up, so the ratios "
             "are rough.",
+            "",
+        ]
+    estimate = results.get("full_estimate_s")
+    if results.get("quick") and estimate:
+        lines += [
+            f"Estimated duration of the full run on this machine: about "
+            f"{estimate / 60:,.0f} minutes (this run's phases, with the parts "
+            "that grow with the sets scaled to the full sizes).",
+            "",
+        ]
+    if results.get("shared_machine"):
+        lines += [
+            "> **Shared machine**: other work ran on this machine during the "
+            "run, so every number is noisy and absolute rates are low. Rerun "
+            "on an idle machine before relying on a number; ratios between "
+            "rows of one run hold better.",
             "",
         ]
     load = results["machine"]["load_average"][0]
@@ -464,10 +486,12 @@ def _memory_section(results: dict[str, Any]) -> list[str]:
     worker = results.get("worker_pss")
     if worker:
         lines += [
-            f"Worker PSS (parent and children): {mb(worker['pss_a_kib']):,.1f} MB "
-            f"with {worker['children_a']} child, {mb(worker['pss_b_kib']):,.1f} MB "
-            f"with {worker['children_b']} children "
-            f"({_fmt_ratio(ratio(worker['pss_b_kib'], worker['pss_a_kib']))}).",
+            "Worker PSS (Celery parents and children): "
+            f"{mb(worker['pss_a_kib']):,.1f} MB with {worker['children_a']} "
+            f"worker process, {mb(worker['pss_b_kib']):,.1f} MB with "
+            f"{worker['children_b']} worker processes in the "
+            f"{worker.get('stack_b', 'second stack')}: "
+            f"{_fmt_ratio(ratio(worker['pss_b_kib'], worker['pss_a_kib']))}.",
             "",
         ]
     return lines
@@ -508,14 +532,24 @@ def _method_section(results: dict[str, Any]) -> list[str]:
         "`BENCH_FORCED_OUTPUT_TOKENS=true` makes every engine generate "
         "exactly the input's token count (end-of-sentence token included) "
         "rounded up to a multiple of 8 tokens for each sentence piece.",
-        "- Ceilings run in a fresh process per engine and precision, load the "
-        "model, translate a few sentences to warm up, then time one "
-        "`translate_texts_scored` call over the whole corpus.",
+        "- Ceilings run in a fresh process per engine and precision (`ENGINE` "
+        "and `PRECISION` set; `auto` resolved as a worker resolves it), load "
+        "the model, translate a few sentences to warm up, then time one "
+        "`translate_texts_scored` call (`bench/engines.py`). The default "
+        f"engine's ceiling translates all {corpus['sentences']:,} sentences; "
+        f"the others translate {sizes.get('other_ceilings', corpus['sentences']):,} "
+        "of them, evenly spaced. Every engine's generated tokens are counted "
+        "from its outputs and checked against the forced length.",
         "- Stacks are started by `./start_services.sh` with a private "
         "`RUN_DIR`, Redis and cache on free ports of 127.0.0.1 and stopped by "
-        "`./stop_services.sh`. Before timing, uncached requests make every "
-        "worker process load the model. CSV times are the wall time of "
-        "`app_batch_celery.py` from start to exit.",
+        '`./stop_services.sh`: "1 worker process" with '
+        "`INTERACTIVE_WORKERS=0 WORKER_CONCURRENCY=1` (one worker for every "
+        'queue), "default layout" with the script\'s defaults (a bulk worker '
+        "and an interactive worker). Before timing, a small CSV file and "
+        "uncached requests make every worker process load the model. CSV "
+        "times are the wall time of `app_batch_celery.py` from start to exit. "
+        "The latency rows come from the first stack, the request during a CSV "
+        "job from the default layout.",
         f"- Latency sizes: {sizes['cached_requests']} cached requests, "
         f"{sizes['miss_requests']} misses from 1 client, "
         f"{sizes['miss_requests_8']} misses from 8 clients, "

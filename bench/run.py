@@ -4,7 +4,7 @@ Usage, from the repository root with the project's virtual environment::
 
     python bench/run.py            # the full run: 3,000 sentences
     python bench/run.py --quick    # smaller sets: 48 sentences, fewer requests
-    python bench/run.py --torch-threads 1   # on a machine shared with others
+    python bench/run.py --torch-threads 1 --shared-machine   # a busy machine
 
 Every server binds 127.0.0.1 on a free port, and every process the run
 starts is stopped on the way out, after an error or Ctrl-C too.
@@ -38,22 +38,30 @@ from bench.model import build_bench_model
 from bench.report import render_markdown, write_chart
 from bench.scenarios import (
     BATCH_TEXTS,
+    CSV_DEFAULT_ROW,
     CSV_ONE_ROW,
+    DEFAULT_LAYOUT,
+    ONE_PROCESS,
     Context,
-    multi_process_stack,
+    default_layout_stack,
     one_process_stack,
 )
 from bench.stats import rate
+from bench.timing import estimate_full_seconds, phase
 from core.config import PROJECT_ROOT
 from tests.helpers import SERVICE_ENV_VARS
 
 logger = logging.getLogger("bench.run")
 
+# The cold CSV runs and the ceiling of the default engine, which the goal
+# compares with them, translate all "sentences"; the other ceilings, compared
+# per token, translate "other_ceilings" of them, evenly spaced.
 # csv_chunk is the CSV command's --chunk-size in the timed runs. The full run
 # uses the CHUNK_SIZE default of 64; the quick run uses 12, so that its 48
 # rows still make several tasks for two worker processes to share.
 FULL_SIZES = {
     "sentences": 3000,
+    "other_ceilings": 1000,
     "csv_chunk": 64,
     "naive": 100,
     "cached_requests": 200,
@@ -67,6 +75,7 @@ FULL_SIZES = {
 }
 QUICK_SIZES = {
     "sentences": 48,
+    "other_ceilings": 48,
     "csv_chunk": 12,
     "naive": 6,
     "cached_requests": 50,
@@ -79,13 +88,16 @@ QUICK_SIZES = {
     "bulk_rows": 1000,
 }
 # Engine and precision pairs measured as in-process ceilings, through the
-# ENGINE and COMPUTE_TYPE settings. A pair this checkout lacks is skipped.
+# ENGINE and PRECISION settings. A pair this checkout cannot run is skipped.
 ENGINE_CONFIGS = (
-    ("transformers", "float32"),
+    ("transformers", "fp32"),
     ("transformers", "int8"),
-    ("ctranslate2", "float32"),
+    ("ctranslate2", "fp32"),
     ("ctranslate2", "int8"),
 )
+# start_services.sh's default INTERACTIVE_WORKERS, a setting of that script
+# only: one interactive worker process beside the bulk worker.
+DEFAULT_INTERACTIVE_WORKERS = 1
 SEED = 0
 MODEL = "opus-mt-en-de"
 NAIVE_ROW = "naive: transformers, 1 text per generate"
@@ -122,6 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "default); 1 avoids oversubscribing a machine that other jobs share",
     )
     parser.add_argument(
+        "--shared-machine",
+        action="store_true",
+        help="other work ran on this machine during the run; the page says its "
+        "numbers are noisy",
+    )
+    parser.add_argument(
         "--from-results",
         type=Path,
         metavar="JSON",
@@ -139,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python bench/run.py" + (" --quick" if args.quick else "")
     if args.torch_threads:
         command += f" --torch-threads {args.torch_threads}"
+    if args.shared_machine:
+        command += " --shared-machine"
     settings = {**service.BENCH_SETTINGS, "TORCH_THREADS": str(args.torch_threads)}
     if args.from_results:
         results = json.loads(args.from_results.read_text())
@@ -149,7 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             logger.error("Interrupted; every started process was stopped.")
             return 130
+        results["shared_machine"] = args.shared_machine
         results["duration_s"] = time.monotonic() - started
+        results["full_estimate_s"] = estimate_full_seconds(
+            results["duration_s"], results["phases"]
+        )
         results["load_average_end"] = load_average()
         results_path = args.work_dir / "results.json"
         results_path.write_text(json.dumps(results, indent=2) + "\n")
@@ -162,6 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Wrote {args.output}" + (f" and {chart}" if chart_name else ""))
     if results["quick"]:
         print("This was a quick run with smaller sets; the page says so.")
+    if results.get("full_estimate_s"):
+        print(
+            f"This run took {results['duration_s'] / 60:.1f} min; the full run "
+            f"would take about {results['full_estimate_s'] / 60:.0f} min here "
+            "(an estimate from this run's phases)."
+        )
     return 0
 
 
@@ -184,6 +214,8 @@ def run(
     reserve = [sentence for sentence in corpus_all if sentence not in chosen]
     model_dir = build_bench_model(work_dir / "models", corpus_all, seed=SEED).parent
     env = _base_env(model_dir, settings)
+    # Ceilings keep their CTranslate2 conversions beside the benchmark model.
+    env["CT2_CACHE_DIR"] = str(work_dir / "ct2-models")
     for folder in ("logs", "csv"):
         (work_dir / folder).mkdir(parents=True, exist_ok=True)
 
@@ -203,16 +235,22 @@ def run(
         "memory": [],
     }
 
-    naive_texts = evenly_spaced(measured, sizes["naive"])
-    naive = run_measurement(
-        {"kind": "naive", "texts": naive_texts, "model_dir": str(model_dir / MODEL)},
-        env,
-        work_dir / "logs" / "naive.log",
-    )
+    with phase(results, "naive baseline") as current:
+        naive_texts = evenly_spaced(measured, sizes["naive"])
+        naive = run_measurement(
+            {
+                "kind": "naive",
+                "texts": naive_texts,
+                "model_dir": str(model_dir / MODEL),
+            },
+            env,
+            work_dir / "logs" / "naive.log",
+        )
+        current.scale(naive["seconds"], FULL_SIZES["naive"] / sizes["naive"])
     results["throughput"].append(
         _throughput(NAIVE_ROW, "num_beams=4, batch of 1, no cache", naive)
     )
-    _run_ceilings(results, env, measured, work_dir / "logs")
+    _run_ceilings(results, env, measured, sizes, work_dir / "logs")
 
     context = Context(
         results=results,
@@ -226,28 +264,28 @@ def run(
         uncached=iter(reserve),
     )
     service.write_csv(context.corpus_csv, measured)
-    one = one_process_stack(context)
-    default_processes = _default_worker_concurrency(env)
-    processes = 2 if default_processes == 1 else default_processes
-    multi = multi_process_stack(context, processes)
+    with phase(results, f"stack: {ONE_PROCESS}") as current:
+        one = one_process_stack(context, current)
+    processes = _default_worker_processes(env)
+    with phase(results, f"stack: {DEFAULT_LAYOUT}") as current:
+        default = default_layout_stack(context, processes, current)
 
     pss = {
         label: sum(
             row["pss_kib"]
             for row in results["memory"]
-            if row["stack"] == label and row["service"] == "worker"
+            if row["stack"] == label and row["service"] in service.WORKER_SERVICES
         )
-        for label in (one, multi)
+        for label in (one, default)
     }
     results["worker_pss"] = {
         "children_a": 1,
         "pss_a_kib": pss[one],
         "children_b": processes,
-        "pss_b_kib": pss[multi],
+        "pss_b_kib": pss[default],
+        "stack_b": default,
     }
-    results["row_names"]["csv_default"] = (
-        CSV_ONE_ROW if default_processes == 1 else f"service CSV cold, {multi}"
-    )
+    results["row_names"]["csv_default"] = CSV_DEFAULT_ROW
     return results
 
 
@@ -279,12 +317,7 @@ def _base_env(model_dir: Path, settings: dict[str, str]) -> dict[str, str]:
 def _throughput(name: str, settings: str, result: dict[str, Any]) -> dict[str, Any]:
     if result.get("skipped"):
         return {"name": name, "settings": settings, "skipped": result["skipped"]}
-    tokens = result["target_tokens"] or result["expected_target_tokens"]
-    if result["target_tokens"] is None:
-        # NOTE: only transformers' generate is counted; for another engine
-        # the row trusts that it applies BENCH_FORCED_OUTPUT_TOKENS.
-        settings += " (output length not counted)"
-    if result["target_tokens"] not in (None, result["expected_target_tokens"]):
+    if result["target_tokens"] != result["expected_target_tokens"]:
         logger.warning(
             "%s generated %s target tokens, but the forced length gives %s",
             name,
@@ -295,47 +328,80 @@ def _throughput(name: str, settings: str, result: dict[str, Any]) -> dict[str, A
         "name": name,
         "settings": settings,
         "texts": result["texts"],
-        "target_tokens": tokens,
+        "target_tokens": result["target_tokens"],
         "seconds": result["seconds"],
-        "tokens_per_s": rate(tokens, result["seconds"]),
+        "tokens_per_s": rate(result["target_tokens"], result["seconds"]),
     }
 
 
 def _run_ceilings(
-    results: dict[str, Any], env: dict[str, str], texts: list[str], logs: Path
+    results: dict[str, Any],
+    env: dict[str, str],
+    texts: list[str],
+    sizes: dict[str, int],
+    logs: Path,
 ) -> None:
-    default_engine, default_compute = _default_engine(env)
+    default = _default_engine(env)
     names = results["row_names"]
     configs = list(ENGINE_CONFIGS)
-    if (default_engine, default_compute) not in configs:
-        configs.append((default_engine, default_compute))
-    for engine, compute_type in configs:
-        name = f"ceiling: {engine} {compute_type}"
-        logger.info("Measuring the in-process %s", name)
-        result = run_measurement(
-            {"kind": "engine", "texts": texts},
-            dict(env, ENGINE=engine, COMPUTE_TYPE=compute_type),
-            logs / f"ceiling-{engine}-{compute_type}.log",
+    if default not in configs:
+        configs.append(default)
+    subset = evenly_spaced(texts, sizes["other_ceilings"])
+    for engine, precision in configs:
+        name = f"ceiling: {engine} {precision}"
+        chosen, key = (
+            (texts, "sentences")
+            if (engine, precision) == default
+            else (
+                subset,
+                "other_ceilings",
+            )
         )
-        settings = f"ENGINE={engine} COMPUTE_TYPE={compute_type}, one call, all texts"
+        logger.info("Measuring the in-process %s on %d texts", name, len(chosen))
+        with phase(results, name) as current:
+            result = run_measurement(
+                {"kind": "engine", "texts": chosen},
+                dict(env, ENGINE=engine, PRECISION=precision),
+                logs / f"ceiling-{engine}-{precision}.log",
+            )
+            if not result.get("skipped"):
+                current.scale(result["seconds"], FULL_SIZES[key] / sizes[key])
+        settings = f"ENGINE={engine} PRECISION={precision}, one call, all texts"
+        if (engine, precision) == default:
+            settings += " (the default)"
         results["throughput"].append(_throughput(name, settings, result))
-        if (engine, compute_type) == ("transformers", "float32"):
+        if (engine, precision) == ("transformers", "fp32"):
             names["transformers"] = name
-        if (engine, compute_type) == (default_engine, default_compute):
+        if (engine, precision) == default:
             names["default_ceiling"] = name
+    results["default_engine"] = {"engine": default[0], "precision": default[1]}
 
 
 def _default_engine(env: dict[str, str]) -> tuple[str, str]:
-    """Return the default ENGINE and COMPUTE_TYPE of this checkout."""
-    clean = {k: v for k, v in env.items() if k not in ("ENGINE", "COMPUTE_TYPE")}
-    engine, compute_type = _settings_values(
-        clean, "s.engine, getattr(s, 'compute_type', None) or 'float32'"
-    ).split()
-    return engine, compute_type
+    """Return the default engine of this checkout and the precision it runs at.
+
+    ``PRECISION=auto`` is resolved for this machine, as a worker resolves it.
+    """
+    clean = {k: v for k, v in env.items() if k not in ("ENGINE", "PRECISION")}
+    resolved = "__import__('core.models', fromlist=['_'])._resolve_device(s)[1]"
+    engine, precision = _settings_values(clean, f"s.engine, {resolved}").split()
+    return engine, precision
 
 
-def _default_worker_concurrency(env: dict[str, str]) -> int:
-    return int(_settings_values(env, "s.worker_concurrency"))
+def _default_worker_processes(env: dict[str, str]) -> int:
+    """Return the worker processes that start_services.sh starts by default.
+
+    The bulk worker has WORKER_CONCURRENCY children and the interactive
+    worker INTERACTIVE_WORKERS (default 1), the same defaults as the script.
+    """
+    clean = {
+        k: v
+        for k, v in env.items()
+        if k not in ("WORKER_CONCURRENCY", "INTERACTIVE_WORKERS")
+    }
+    return int(_settings_values(clean, "s.worker_concurrency")) + (
+        DEFAULT_INTERACTIVE_WORKERS
+    )
 
 
 def _settings_values(env: dict[str, str], expression: str) -> str:

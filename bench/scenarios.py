@@ -1,16 +1,19 @@
 """The measurements taken against running stacks.
 
-``one_process_stack`` starts a stack with one worker process and measures the
-cold and warm CSV runs, the API latencies and the memory of every process.
-``multi_process_stack`` starts one with more worker processes and measures
-the cold CSV run and the memory again. Both add their rows to the run's
-results.
+``one_process_stack`` starts a stack with one worker process for every queue
+(``INTERACTIVE_WORKERS=0``, ``WORKER_CONCURRENCY=1``) and measures the cold
+and warm CSV runs, the API latencies and the memory of every process.
+``default_layout_stack`` starts one with the defaults of
+``start_services.sh`` (a bulk worker and an interactive worker) and measures
+the cold CSV run, the memory, and single requests while a CSV job runs.
+Both add their rows to the run's results.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,14 +22,25 @@ from typing import Any
 from bench import service
 from bench.memory import MemoryUsage
 from bench.stats import percentile, rate
+from bench.timing import Phase
 from tests.helpers import wait_for
 
 logger = logging.getLogger(__name__)
 
-CSV_ONE_ROW = "service CSV cold, 1 worker process"
+ONE_PROCESS = "1 worker process"
+DEFAULT_LAYOUT = "default layout"
+CSV_ONE_ROW = f"service CSV cold, {ONE_PROCESS}"
+CSV_DEFAULT_ROW = f"service CSV cold, {DEFAULT_LAYOUT}"
+# Settings of the stack with one worker process for every queue; the default
+# layout gets none, so start_services.sh applies its own defaults.
+ONE_PROCESS_SETTINGS = {"INTERACTIVE_WORKERS": "0", "WORKER_CONCURRENCY": "1"}
+# Rows of the CSV that loads the model in the bulk worker before any timing.
+WARMUP_ROWS = 4
 BATCH_TEXTS = 1000
 MISS_CLIENTS = 8
 JOB_START_TIMEOUT = 600.0
+# The sets of uncached requests, which dominate the latency measurements.
+MISS_SIZES = ("miss_requests", "miss_requests_8", "micro", "micro")
 # Sentences drawn per micro-batching request, to pick ones of median length.
 MICRO_POOL_FACTOR = 8
 
@@ -50,24 +64,34 @@ class Context:
         """Rows per task of the timed CSV runs."""
         return self.sizes["csv_chunk"]
 
+    def factor(self, *keys: str) -> float:
+        """Return how much larger the full run's sets of ``keys`` are."""
+        full = self.results["full_sizes"]
+        return sum(full[key] for key in keys) / sum(self.sizes[key] for key in keys)
+
     def take(self, count: int) -> list[str]:
         """Return ``count`` sentences that no request has sent yet."""
         return list(itertools.islice(self.uncached, count))
 
-    def stack(self, label: str, folder: str, processes: int) -> service.Stack:
-        settings = {**self.results["settings"], "WORKER_CONCURRENCY": str(processes)}
+    def stack(self, label: str, folder: str, layout: dict[str, str]) -> service.Stack:
+        settings = {**self.results["settings"], **layout}
         return service.Stack(
             label, self.work_dir / "stacks" / folder, self.model_dir, settings
         )
 
-    def csv_row(self, name: str, processes: int, run: service.CliRun) -> None:
+    def warm(self, stack: service.Stack, processes: int) -> None:
+        """Load the model in every worker process of the stack."""
+        rows = self.take(WARMUP_ROWS)
+        warmup_csv = self.work_dir / "csv" / f"warmup-{stack.base.name}.csv"
+        service.write_csv(warmup_csv, rows)
+        service.run_cli(stack, warmup_csv, warmup_csv.with_suffix(".out.csv"), 2)
+        service.warm_workers(stack, processes, self.uncached)
+
+    def csv_row(self, name: str, layout: str, run: service.CliRun) -> None:
         self.results["throughput"].append(
             {
                 "name": name,
-                "settings": (
-                    f"WORKER_CONCURRENCY={processes}, "
-                    f"--chunk-size {self.sizes['csv_chunk']}"
-                ),
+                "settings": f"{layout}, --chunk-size {self.sizes['csv_chunk']}",
                 "texts": len(self.measured),
                 "target_tokens": self.target_tokens,
                 "seconds": run.seconds,
@@ -77,17 +101,20 @@ class Context:
         )
 
 
-def one_process_stack(context: Context) -> str:
-    """Measure CSV runs, latencies and memory with one worker process."""
-    label = "1 worker process"
+def one_process_stack(context: Context, current: Phase) -> str:
+    """Measure CSV runs, latencies and memory with one worker process.
+
+    ``current`` learns which parts grow in the full run.
+    """
+    label = ONE_PROCESS
     csv_dir = context.work_dir / "csv"
-    with context.stack(label, "one", 1) as stack:
-        service.warm_workers(stack, 1, context.uncached)
+    with context.stack(label, "one", ONE_PROCESS_SETTINGS) as stack:
+        context.warm(stack, 1)
         logger.info("Stack %s: cold CSV run of %d rows", label, len(context.measured))
         cold = service.run_cli(
             stack, context.corpus_csv, csv_dir / "out-cold.csv", context.chunk_size
         )
-        context.csv_row(CSV_ONE_ROW, 1, cold)
+        context.csv_row(CSV_ONE_ROW, _layout_text(ONE_PROCESS_SETTINGS), cold)
         context.results["cli_memory"] = {
             "stack": label,
             **asdict(cold.peak or MemoryUsage(0, 0, 0)),
@@ -103,27 +130,45 @@ def one_process_stack(context: Context) -> str:
             "cold_s": cold.seconds,
             "warm_s": warm.seconds,
         }
+        # The warm run is mostly the command's start-up, which the cold run
+        # pays too, so only the rest grows with the number of rows.
+        current.scale(cold.seconds - warm.seconds, context.factor("sentences"))
         record_memory(context.results, stack, label)
+        started = time.monotonic()
         measure_latency(context, stack)
-        measure_interactive(context, stack)
+        current.scale(time.monotonic() - started, context.factor(*MISS_SIZES))
     return label
 
 
-def multi_process_stack(context: Context, processes: int) -> str:
-    """Measure the cold CSV run and memory with ``processes`` worker processes."""
-    label = f"{processes} worker processes"
-    with context.stack(label, "multi", processes) as stack:
-        service.warm_workers(stack, processes, context.uncached)
+def default_layout_stack(context: Context, processes: int, current: Phase) -> str:
+    """Measure the cold CSV run, memory and interactive priority by default.
+
+    ``processes`` is the number of worker processes that the default layout
+    starts, all of which load the model before the timed run. ``current``
+    learns which parts grow in the full run.
+    """
+    label = DEFAULT_LAYOUT
+    with context.stack(label, "default", {}) as stack:
+        context.warm(stack, processes)
         logger.info("Stack %s: cold CSV run of %d rows", label, len(context.measured))
         cold = service.run_cli(
             stack,
             context.corpus_csv,
-            context.work_dir / "csv" / "out-multi.csv",
+            context.work_dir / "csv" / "out-default.csv",
             context.chunk_size,
         )
-        context.csv_row(f"service CSV cold, {label}", processes, cold)
+        context.csv_row(CSV_DEFAULT_ROW, "start_services.sh defaults", cold)
+        start_up = context.results["warm"]["warm_s"]
+        current.scale(cold.seconds - start_up, context.factor("sentences"))
         record_memory(context.results, stack, label)
+        started = time.monotonic()
+        measure_interactive(context, stack)
+        current.scale(time.monotonic() - started, context.factor("interactive"))
     return label
+
+
+def _layout_text(layout: dict[str, str]) -> str:
+    return " ".join(f"{name}={value}" for name, value in layout.items())
 
 
 def record_memory(results: dict[str, Any], stack: service.Stack, label: str) -> None:

@@ -56,7 +56,9 @@ BENCH_SETTINGS = {
     "SYNC_TIMEOUT": "600",
     "TRANSFORMERS_OFFLINE": "1",
 }
-SERVICES = ("redis", "worker", "api", "flower", "streamlit")
+SERVICES = ("redis", "worker", "interactive", "api", "flower", "streamlit")
+# The services that run Celery workers, which load the model.
+WORKER_SERVICES = ("worker", "interactive")
 
 # No proxy from the environment: every request goes to 127.0.0.1.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -388,6 +390,6 @@ def stack_memory(stack: Stack) -> list[ProcessMemory]:
 def _role(service: str, index: int, command: str) -> str:
     if service == "api":
         return "gunicorn master" if index == 0 else "gunicorn worker"
-    if service == "worker":
+    if service in WORKER_SERVICES:
         return "celery parent" if index == 0 else "celery child"
     return service if index == 0 else f"{service} child"

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from bench.ceiling import expected_target_tokens, forced_length
+from bench.ceiling import expected_target_tokens
 from bench.corpus import build_corpus, corpus_digest, is_prose, split_sentences
+from bench.engines import count_generated_tokens, forced_length
 from bench.memory import (
     MemoryUsage,
     mapped_library,
@@ -33,6 +34,8 @@ from bench.report import (
 from bench.run import evenly_spaced
 from bench.scenarios import median_length_window
 from bench.stats import percentile, rate, ratio
+from bench.timing import estimate_full_seconds, phase
+from core import translator
 from core.config import load_settings, reset_settings
 from core.models import load_model, unload_all
 from core.translator import generation_settings, translate_texts_scored
@@ -393,7 +396,10 @@ def goals_by_name(results: dict[str, Any]) -> dict[str, Any]:
 def test_goals_met_and_not_met() -> None:
     goals = goals_by_name(sample_results())
 
-    cold = goals["cold CSV >= 0.9x the in-process ceiling of the same engine"]
+    cold = goals[
+        "cold CSV (1 worker process) >= 0.9x the in-process ceiling of the "
+        "same engine and precision"
+    ]
     assert cold.measured == "0.833x"
     assert cold.met is False
     assert goals["default config >= 10x the naive baseline"].measured == "5x"
@@ -402,7 +408,10 @@ def test_goals_met_and_not_met() -> None:
     assert goals["/api/batch with 1,000 cached texts < 100 ms (p50)"].met is False
     assert goals["uncached /api/translate p95 < 2 s while a CSV job runs"].met is True
     assert goals["API and CLI < 120 MB RSS each, without torch"].met is True
-    pss = goals["worker with 2 children <= 1.3x the PSS of 1 child"]
+    pss = goals[
+        "workers of the default layout (2 processes) <= 1.3x the PSS of "
+        "1 worker process"
+    ]
     assert pss.measured == "2x"
     assert pss.met is False
 
@@ -427,6 +436,29 @@ def test_markdown_marks_quick_run() -> None:
     assert "**Quick run** (`--quick`)" in page
     assert "24 corpus sentences instead of 3,000" in page
     assert "python bench/run.py --quick" in page
+
+
+def test_markdown_states_shared_machine_and_estimate() -> None:
+    results = sample_results(quick=True, shared_machine=True, full_estimate_s=5400.0)
+    page = render_markdown(results, None)
+    assert "**Shared machine**" in page
+    assert "full run on this machine: about 90 minutes" in page
+    quiet = render_markdown(sample_results(quick=True), None)
+    assert "Shared machine" not in quiet
+    assert "Estimated duration" not in quiet
+
+
+def test_estimate_scales_only_marked_parts() -> None:
+    results: dict[str, Any] = {}
+    with phase(results, "ceiling") as current:
+        current.scale(2.0, 10.0)
+        current.scale(1.0, 3.0)
+        current.scale(-0.5, 3.0)
+    with phase(results, "setup"):
+        pass
+    assert [row["name"] for row in results["phases"]] == ["ceiling", "setup"]
+    assert results["phases"][0]["extra_s"] == 2.0 * 9 + 1.0 * 2
+    assert estimate_full_seconds(100.0, results["phases"]) == 120.0
 
 
 def test_markdown_full_run_has_no_quick_banner() -> None:
@@ -510,7 +542,8 @@ def forced_env(
     # One thread: two threads on a shared two-core machine wait on each other.
     monkeypatch.setenv("TORCH_THREADS", "1")
     monkeypatch.setenv("BENCH_FORCED_OUTPUT_TOKENS", "true")
-    # The spy below wraps transformers' generate.
+    monkeypatch.setenv("CT2_CACHE_DIR", str(tmp_path / "ct2"))
+    # The first spy below wraps transformers' generate.
     monkeypatch.setenv("ENGINE", "transformers")
     reset_settings()
     unload_all()
@@ -569,3 +602,74 @@ def test_forced_length_generates_exact_tokens(forced_env: pytest.MonkeyPatch) ->
     )
     generated = sum(count * length for count, length in rows)
     assert generated == expected_target_tokens(loaded.tokenizer, texts)
+
+
+FORCED_TEXTS = [
+    "The morning train to the coast leaves at seven.",
+    "Could you send me the invoice before Friday?",
+    "It was cold, so we lit a fire in the kitchen and waited for the "
+    "rain to stop before we walked along the river.",
+    "The morning train to the coast leaves at seven.",
+]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_ctranslate2_forced_length_generates_exact_tokens(
+    forced_env: pytest.MonkeyPatch, precision: str
+) -> None:
+    forced_env.setenv("ENGINE", "ctranslate2")
+    forced_env.setenv("PRECISION", precision)
+    reset_settings()
+    loaded = load_model("en", "de")
+    assert (loaded.engine, loaded.precision) == ("ctranslate2", precision)
+    lengths: list[int] = []
+    generate_batch = translator.generate_batch
+
+    def spy(*args: Any, **kwargs: Any) -> list[translator.GeneratedOutput]:
+        outputs = generate_batch(*args, **kwargs)
+        lengths.extend(output.generated_tokens for output in outputs)
+        return outputs
+
+    forced_env.setattr(translator, "generate_batch", spy)
+    translate_texts_scored(loaded, FORCED_TEXTS, "en")
+
+    expected = [
+        forced_length(len(ids), loaded.max_input_tokens)
+        for ids in loaded.tokenizer(list(dict.fromkeys(FORCED_TEXTS)))["input_ids"]
+    ]
+    assert sorted(lengths) == sorted(expected)
+    assert sum(lengths) == expected_target_tokens(loaded.tokenizer, FORCED_TEXTS)
+
+
+def test_ctranslate2_without_forced_length_stops_elsewhere(
+    forced_env: pytest.MonkeyPatch,
+) -> None:
+    # The counterpart of the test above: without the setting, the limit is
+    # the larger one of MAX_NEW_TOKENS_RATIO, so the counts differ.
+    forced_env.setenv("ENGINE", "ctranslate2")
+    forced_env.setenv("BENCH_FORCED_OUTPUT_TOKENS", "false")
+    reset_settings()
+    loaded = load_model("en", "de")
+
+    with count_generated_tokens() as count:
+        translate_texts_scored(loaded, FORCED_TEXTS, "en")
+
+    assert count.outputs == 3
+    assert count.tokens != expected_target_tokens(loaded.tokenizer, FORCED_TEXTS)
+
+
+@pytest.mark.parametrize("engine", ["transformers", "ctranslate2"])
+def test_count_generated_tokens_counts_every_engine(
+    forced_env: pytest.MonkeyPatch, engine: str
+) -> None:
+    forced_env.setenv("ENGINE", engine)
+    reset_settings()
+    loaded = load_model("en", "de")
+    original = translator.generate_batch
+
+    with count_generated_tokens() as count:
+        translate_texts_scored(loaded, FORCED_TEXTS, "en")
+
+    assert count.outputs == 3
+    assert count.tokens == expected_target_tokens(loaded.tokenizer, FORCED_TEXTS)
+    assert translator.generate_batch is original

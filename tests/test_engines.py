@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from bench.engines import measure_throughput
+from bench.engines import forced_length, measure_throughput
 from core import ct2, models
 from core.config import PROJECT_ROOT, Settings, get_settings, reset_settings
 from core.errors import ModelNotAvailable
@@ -545,23 +545,32 @@ def test_concurrent_conversions_leave_one_folder(
 def test_throughput_forces_output_length(
     monkeypatch: pytest.MonkeyPatch, engine: str
 ) -> None:
-    loaded = load(monkeypatch, engine)
+    loaded = load(monkeypatch, engine, BENCH_FORCED_OUTPUT_TOKENS="true")
     texts = CORPORA["en"][:6]
 
-    result = measure_throughput(loaded, texts, batch_size=4, new_tokens=11, runs=2)
+    result = measure_throughput(loaded, texts, runs=2)
 
+    lengths = loaded.tokenizer(list(dict.fromkeys(texts)))["input_ids"]
+    expected = sum(forced_length(len(ids), loaded.max_input_tokens) for ids in lengths)
     assert result.engine == engine
-    assert result.batch_size == 4
-    assert result.target_tokens == 6 * 11
+    assert result.texts == 6
+    assert result.target_tokens == expected
     assert len(result.seconds) == 2
     assert result.median_tokens_per_second > 0
 
 
 @pytest.mark.unit
+def test_throughput_needs_the_forced_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = load(monkeypatch, "ctranslate2", BENCH_FORCED_OUTPUT_TOKENS="false")
+    with pytest.raises(ValueError, match="BENCH_FORCED_OUTPUT_TOKENS=true"):
+        measure_throughput(loaded, ["Hello."])
+
+
+@pytest.mark.unit
 def test_throughput_rejects_empty_input(monkeypatch: pytest.MonkeyPatch) -> None:
-    loaded = load(monkeypatch, "ctranslate2")
-    with pytest.raises(ValueError, match="batch_size=0"):
-        measure_throughput(loaded, ["Hello."], batch_size=0, new_tokens=5)
+    loaded = load(monkeypatch, "ctranslate2", BENCH_FORCED_OUTPUT_TOKENS="true")
+    with pytest.raises(ValueError, match="runs=0"):
+        measure_throughput(loaded, ["Hello."], runs=0)
 
 
 # Real workers.
