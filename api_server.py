@@ -26,6 +26,7 @@ from core import dispatch, jobs, metrics, models, routing, workers
 from core.cache import get_cache
 from core.config import get_settings
 from core.errors import (
+    BackendUnavailable,
     DeadlineExceeded,
     InputTooLarge,
     InvalidRequest,
@@ -243,6 +244,14 @@ def register_routes(app: Flask) -> None:
     @app.post("/api/cache/clear")
     def cache_clear() -> Response:
         result = get_cache().clear()
+        if not result["redis_cleared"]:
+            # Other processes learn of a clear through Redis, so this one
+            # process's tiers are all that could be cleared.
+            raise BackendUnavailable(
+                "The cache was cleared in this API process only, because Redis "
+                "is unreachable and the other processes learn of a clear through "
+                "it. Retry once Redis is back."
+            )
         logger.info("Request %s cleared the cache", g.request_id)
         return jsonify({"success": True, **result})
 

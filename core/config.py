@@ -355,7 +355,9 @@ def load_settings() -> Settings:
     password = _redis_password()
     redis_url = with_password(_env_str("REDIS_URL", DEFAULT_REDIS_URL), password)
     task_time_limit = _env_int("TASK_TIME_LIMIT", 300, minimum=2)
-    soft_default = max(1, task_time_limit - 30)
+    # The soft limit leaves a tenth of the hard limit, at most 30 s, for the
+    # task to report its failure before the hard limit kills it.
+    soft_default = task_time_limit - max(1, min(30, task_time_limit // 10))
     settings = Settings(
         redis_url=redis_url,
         broker_url=with_password(_env_str("CELERY_BROKER_URL", redis_url), password),

@@ -48,6 +48,11 @@ PRIORITY_STEPS = (3, 6, 9)
 # Synchronous requests wait up to SYNC_TIMEOUT (30 s by default) for a worker.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 UNMATCHED_ENDPOINT = "unmatched"
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+# Headers a reverse proxy adds. A request that carries one came through a
+# proxy, so its loopback address says nothing about the client.
+PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 # The field that carries the texts in each translation route of the API.
 TEXT_FIELDS = {
     "/api/translate": "text",
@@ -92,7 +97,10 @@ def record_request(
 ) -> None:
     """Count one finished request and observe its duration in seconds."""
     label = endpoint or UNMATCHED_ENDPOINT
-    HTTP_REQUESTS.labels(endpoint=label, method=method, status=str(status)).inc()
+    # Clients choose the method, so any other value shares one label instead
+    # of adding a series per value.
+    method_label = method if method in HTTP_METHODS else OTHER_METHOD
+    HTTP_REQUESTS.labels(endpoint=label, method=method_label, status=str(status)).inc()
     HTTP_REQUEST_SECONDS.labels(endpoint=label).observe(seconds)
 
 
@@ -251,15 +259,21 @@ def render_metrics() -> bytes:
     return output + generate_latest(queues)
 
 
-def scrape_allowed(remote_addr: str | None, authorization: str | None) -> bool:
+def scrape_allowed(
+    remote_addr: str | None, authorization: str | None, proxied: bool = False
+) -> bool:
     """Decide whether a client may read ``/metrics``.
 
-    Loopback clients (127.0.0.0/8 and ::1) always may. Others need the header
-    ``Authorization: Bearer <METRICS_TOKEN>``, and only when that variable is
-    set.
+    Loopback clients (127.0.0.0/8 and ::1) may, unless the request came
+    through a proxy (``proxied``), whose own address is loopback for every
+    client. Others need the header ``Authorization: Bearer <METRICS_TOKEN>``,
+    and only when that variable is set.
     """
     try:
-        if remote_addr and ipaddress.ip_address(remote_addr).is_loopback:
+        loopback = (
+            remote_addr is not None and ipaddress.ip_address(remote_addr).is_loopback
+        )
+        if loopback and not proxied:
             return True
     except ValueError:
         pass
@@ -277,8 +291,9 @@ def register_metrics_endpoint(app: Flask) -> None:
 
     @app.get("/metrics")
     def metrics() -> Response:
+        proxied = any(name in request.headers for name in PROXY_HEADERS)
         if not scrape_allowed(
-            request.remote_addr, request.headers.get("Authorization")
+            request.remote_addr, request.headers.get("Authorization"), proxied
         ):
             response = jsonify(
                 {

@@ -506,3 +506,10 @@ class TestLiveStack:
         body = assert_json_error(response, 503, "'en-nl'")
         assert body["code"] == "pair_unavailable"
         assert "python -m core.models list" in body["error"]
+
+
+@pytest.mark.unit
+def test_cache_clear_without_redis_503(offline_client: FlaskClient) -> None:
+    response = offline_client.post("/api/cache/clear")
+    body = assert_json_error(response, 503, "this API process only")
+    assert body["code"] == "backend_unavailable"

@@ -131,3 +131,16 @@ def test_engine_names(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     settings = load_settings()
     assert settings.engine == "transformers"
     assert settings.ct2_cache_dir == (tmp_path / "converted").resolve()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("hard", "soft"), [("300", 270), ("100", 90), ("31", 28), ("5", 4), ("2", 1)]
+)
+def test_soft_limit_follows_hard_limit(
+    clean_env: pytest.MonkeyPatch, hard: str, soft: int
+) -> None:
+    clean_env.setenv("TASK_TIME_LIMIT", hard)
+    settings = load_settings()
+    assert settings.task_soft_time_limit == soft
+    assert settings.task_soft_time_limit < settings.task_time_limit

@@ -305,3 +305,27 @@ def test_worker_exporter_and_pair_queues(
     assert total(samples, "mt_queue_depth", queue="bulk.en-fr") == 2
     assert total(samples, "mt_queue_depth", queue="interactive.en-es") == 0
     assert ("mt_queue_depth", (("queue", "bulk"),)) in samples
+
+
+@pytest.mark.unit
+def test_made_up_methods_share_label(offline_client: FlaskClient) -> None:
+    for method in ("BREW", "WHEN", "X1", "X2"):
+        offline_client.open("/api/languages", method=method, environ_base=LOOPBACK)
+    samples = scrape(offline_client)
+    methods = {
+        dict(labels).get("method")
+        for (name, labels) in samples
+        if name == "mt_http_requests_total"
+    }
+    assert "other" in methods
+    assert not methods & {"BREW", "WHEN", "X1", "X2"}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded", "X-Real-IP"])
+def test_proxied_loopback_needs_token(offline_client: FlaskClient, header: str) -> None:
+    response = offline_client.get(
+        "/metrics", environ_base=LOOPBACK, headers={header: "203.0.113.7"}
+    )
+    assert response.status_code == 403
+    assert offline_client.get("/metrics", environ_base=LOOPBACK).status_code == 200
