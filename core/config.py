@@ -335,7 +335,7 @@ class Settings:
     task_soft_time_limit: int = 270
     task_time_limit: int = 300
     visibility_timeout: int = 360
-    single_flight_ttl: int = 60
+    single_flight_ttl: int = 15
     micro_batch_window: float = 0.01
     task_max_attempts: int = 3
 
@@ -424,7 +424,7 @@ def load_settings() -> Settings:
         visibility_timeout=_env_int(
             "VISIBILITY_TIMEOUT", task_time_limit + 60, minimum=1
         ),
-        single_flight_ttl=_env_int("SINGLE_FLIGHT_TTL", 60, minimum=1),
+        single_flight_ttl=_env_int("SINGLE_FLIGHT_TTL", 15, minimum=1),
         micro_batch_window=_env_float("MICRO_BATCH_WINDOW", 0.01, minimum=0.0),
         task_max_attempts=_env_int("TASK_MAX_ATTEMPTS", 3, minimum=1),
         test_item_delay=_env_float("TEST_ITEM_DELAY", 0.0, minimum=0.0),

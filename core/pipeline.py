@@ -322,7 +322,8 @@ class Pipeline:
         )
         mine = [text for text in misses if by_text[text] in owned]
         try:
-            self._translate_groups(mine, route, by_text, misses, items, final)
+            with singleflight.Holder(by_text[text] for text in mine):
+                self._translate_groups(mine, route, by_text, misses, items, final)
         finally:
             singleflight.release(by_text[text] for text in mine)
 

@@ -3,9 +3,10 @@
 Before a worker translates a cache miss, it sets a marker ``mt:inflight:<key>``
 for the miss's cache key with ``SET NX``. A worker that finds the marker set
 waits for the cache entry the owner will write instead of translating the
-same text again. The marker expires after ``SINGLE_FLIGHT_TTL`` seconds, and
-its owner deletes it once the entry is cached or the translation failed, so
-a waiting worker translates the text itself when the owner died or failed.
+same text again. The owner refreshes the marker while it translates, deletes it
+once the entry is cached or the translation failed, and a marker it no longer
+refreshes expires after ``SINGLE_FLIGHT_TTL`` seconds, so a waiting worker
+translates the text itself soon after the owner died or failed.
 
 Without Redis every worker owns every key: the service then does the work
 twice rather than wait for a marker it cannot read.
@@ -14,6 +15,7 @@ twice rather than wait for a marker it cannot read.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -57,6 +59,44 @@ def acquire(keys: Sequence[str], owner: str) -> set[str]:
         for index, key in enumerate(keys)
         if results[2 * index] or results[2 * index + 1] == mine
     }
+
+
+class Holder:
+    """Keeps the in-flight markers of some keys alive while they translate.
+
+    The markers expire ``SINGLE_FLIGHT_TTL`` seconds after their last
+    refresh, and a daemon thread refreshes them every third of that time, so
+    a marker outlives a long translation but not a process that died.
+    """
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.markers = [_marker(key) for key in keys]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Holder:
+        if self.markers:
+            self._thread = threading.Thread(
+                target=self._refresh, name="single-flight", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _refresh(self) -> None:
+        ttl = get_settings().single_flight_ttl
+        while not self._stop.wait(ttl / 3):
+            try:
+                with redis_client().pipeline(transaction=False) as pipeline:
+                    for marker in self.markers:
+                        pipeline.expire(marker, ttl, xx=True)
+                    pipeline.execute()
+            except redis.RedisError as error:
+                logger.warning("Could not refresh in-flight markers: %s", error)
 
 
 def release(keys: Iterable[str]) -> None:

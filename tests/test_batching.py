@@ -222,3 +222,18 @@ def test_failed_single_text_is_error(raising_worker: None) -> None:
     )
     assert compat.status_code == 500
     assert "could not be translated" in compat.get_json()["error"]
+
+
+def test_holder_refreshes_until_exit(
+    own_redis: redis.Redis, clean_env: pytest.MonkeyPatch
+) -> None:
+    clean_env.setenv("SINGLE_FLIGHT_TTL", "1")
+    _reset_process_state()
+    marker = f"{singleflight.INFLIGHT_PREFIX}k1"
+    assert singleflight.acquire(["k1"], "owner") == {"k1"}
+    with singleflight.Holder(["k1"]):
+        time.sleep(2.5)
+        assert own_redis.exists(marker) == 1, "a held marker outlives its TTL"
+    # The owner died without releasing it: the marker expires on its own.
+    time.sleep(1.5)
+    assert own_redis.exists(marker) == 0
