@@ -191,6 +191,8 @@ def _init_child(**_: Any) -> None:
     """Give each forked child its own connections and cache handles."""
     cache_module.reset_cache()
     store.reset_client()
+    # A model load cut short ends this child; the task goes to a fresh one.
+    models.exit_on_broken_load = True
     hostname = _node_name or workers.default_hostname()
     models.on_model_change.append(lambda names: workers.record_models(hostname, names))
     workers.start_model_reporter(hostname, models.loaded_models)

@@ -35,11 +35,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from billiard.exceptions import SoftTimeLimitExceeded
+
 from core.config import DEFAULT_PAIRS, Settings, get_settings
 from core.errors import ModelNotAvailable, ServiceError, UnsupportedLanguagePair
 from core.languages import base_language, match_pair, normalize_code, parse_pair
 
 logger = logging.getLogger(__name__)
+
+_process_broken = False
+# Set in Celery worker children: a broken load ends the process, with this
+# status, before the task can record a failure, so that
+# task_reject_on_worker_lost hands the task to a fresh child.
+exit_on_broken_load = False
+EXIT_BROKEN_LOAD = 70
 
 HUB_ORGANIZATION = "Helsinki-NLP"
 CHECKPOINT_PREFIX = "opus-mt-"
@@ -639,11 +648,36 @@ def _load_new(ref: CheckpointRef) -> LoadedModel:
     if path is None:
         path = _checkpoint_or_download(ref.source, ref.target)
     _evict_for(get_settings().max_loaded_models - 1)
-    loaded = _load_from_disk(ref.name, ref.source, ref.target, path)
+    try:
+        loaded = _load_from_disk(ref.name, ref.source, ref.target, path)
+    except (ImportError, SoftTimeLimitExceeded) as error:
+        # An import cut short leaves half-initialised modules behind, and
+        # every later load in this process would fail on them.
+        global _process_broken
+        _process_broken = True
+        if exit_on_broken_load:
+            logger.error(
+                "Loading %s was interrupted (%s) in process %d; exiting so that "
+                "the worker starts a fresh process and redelivers the task",
+                ref.name,
+                type(error).__name__,
+                os.getpid(),
+            )
+            os._exit(EXIT_BROKEN_LOAD)
+        raise ModelNotAvailable(
+            f"Loading {ref.name} was interrupted ({type(error).__name__}: "
+            f"{error}), so this worker process will be replaced. If this "
+            "repeats, raise TASK_TIME_LIMIT."
+        ) from error
     loaded.target_token = ref.target_token
     with _registry_lock:
         _loaded[ref.name] = loaded
     return loaded
+
+
+def process_broken() -> bool:
+    """Return True once a model load was cut short in this process."""
+    return _process_broken
 
 
 def _for_pair(loaded: LoadedModel, ref: CheckpointRef) -> LoadedModel:

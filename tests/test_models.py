@@ -717,3 +717,46 @@ def test_model_dir_scan_reused_until_change(
     monkeypatch.setattr(models_module, "MODEL_DIR_RESCAN_SECONDS", 0.0)
     models_module._model_dir_checkpoints(tmp_path)
     assert len(scans) == 3
+
+
+BROKEN_LOAD = """
+import sys
+from core import models
+
+def interrupted(*args, **kwargs):
+    raise ImportError("partially initialized module")
+
+models._load_from_disk = interrupted
+models.exit_on_broken_load = {exit_flag}
+try:
+    models.load_model("en", "es")
+except Exception as error:
+    print(type(error).__name__, models.process_broken())
+    print(error)
+"""
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("exit_flag", [False, True])
+def test_interrupted_load_breaks_process(
+    clean_env: pytest.MonkeyPatch, tiny_model_dir: Path, exit_flag: bool
+) -> None:
+    env = {**os.environ, "MODEL_DIR": str(tiny_model_dir), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", BROKEN_LOAD.format(exit_flag=exit_flag)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if exit_flag:
+        # A worker child ends itself, so Celery redelivers its task.
+        assert result.returncode == core.models.EXIT_BROKEN_LOAD, result.stderr
+        assert "exiting so that the worker starts a fresh process" in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr
+        first, message = result.stdout.splitlines()[:2]
+        assert first == "ModelNotAvailable True"
+        assert "will be replaced" in message
