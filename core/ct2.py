@@ -2,8 +2,10 @@
 
 A MarianMT checkpoint is converted with CTranslate2's transformers converter
 once per checkpoint fingerprint, file modification times and quantization,
-into a folder under ``CT2_CACHE_DIR``. Conversion writes to a staging folder
-and renames it into place, so processes converting the same checkpoint at
+into a folder under ``CT2_CACHE_DIR``. The converter runs in a child process
+(``python -m core.ct2``), because it loads torch, which the translating
+process never needs. It writes to a staging folder, which is renamed into
+place, so processes converting the same checkpoint at
 once never read a half-written model. A ``ctranslate2.Translator`` must be
 created in the process that uses it, because its thread pools do not survive
 a fork. ctranslate2 is imported only inside the functions that need it.

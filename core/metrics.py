@@ -51,7 +51,7 @@ UNMATCHED_ENDPOINT = "unmatched"
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER_METHOD = "other"
 # Headers a reverse proxy adds. A request that carries one came through a
-# proxy, so its loopback address says nothing about the client.
+# proxy, so its loopback address does not identify the client.
 PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 # The field that carries the texts in each translation route of the API.
 TEXT_FIELDS = {
