@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from core import jobs
-from core.broker import send
+from core import dispatch, jobs
 from tests.conftest import _reset_process_state
 from tests.helpers import RedisServer, run_worker
 
@@ -44,6 +43,9 @@ def recycling_worker(
             "WORKER_MAX_TASKS_PER_CHILD": str(TASKS_PER_CHILD),
         }
         clean_env.setenv("REDIS_URL", server.url)
+        clean_env.setenv("MODEL_DIR", stack_env["MODEL_DIR"])
+        clean_env.setenv("CHUNK_SIZE", "1")
+        clean_env.setenv("MAX_BULK_QUEUE", str(TASKS * 2))
         _reset_process_state()
         with run_worker(env, "recycler", tmp_path, concurrency=2):
             yield tmp_path / "recycler.log"
@@ -51,20 +53,15 @@ def recycling_worker(
 
 
 def test_recycled_children_finish_all_tasks(recycling_worker: Path) -> None:
-    task_ids = [
-        send(
-            "tasks.translate_batch",
-            args=[[f"Sentence {index} for a recycled child."], "en", "es"],
-            queue="bulk",
-        )
-        for index in range(TASKS)
-    ]
+    texts = [f"Sentence {index} for a recycled child." for index in range(TASKS)]
+    # One task per text, from CHUNK_SIZE=1.
+    job_id = dispatch.submit_async(texts, "en", "es")
     deadline = time.monotonic() + HANG_TIMEOUT
-    results = [jobs.wait_for_task(task_id, deadline, task_id) for task_id in task_ids]
+    items = list(jobs.iter_items(job_id, deadline=deadline))
 
-    assert len(results) == TASKS
-    assert all(len(result["translations"]) == 1 for result in results)
-    assert all(result["translations"][0] for result in results)
+    assert len(items) == TASKS
+    assert all(item["translation"] for item in items)
+    assert not [item for item in items if item.get("error")]
     children = {
         int(number) for number in CHILD_NAME.findall(recycling_worker.read_text())
     }
