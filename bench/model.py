@@ -1,13 +1,14 @@
 """A random-weight checkpoint with the shape of Helsinki-NLP/opus-mt-en-de.
 
 The benchmark needs the compute and memory cost of a real opus-mt model but no
-network, so it builds one offline. It has the same MarianConfig (d_model 512,
-6 encoder and 6 decoder layers, 8 heads, feed-forward 2048, a shared
-vocabulary of 58,101 tokens, static sinusoidal positions, 512 positions),
-random weights from a fixed seed, and the hub file layout (``source.spm``,
-``target.spm``, ``vocab.json``, ``config.json``, ``generation_config.json``,
-``model.safetensors``). The output is nonsense, so the benchmark forces every
-engine to the same output length (``BENCH_FORCED_OUTPUT_TOKENS``).
+network, so it builds one offline. Its MarianConfig is the hub model's:
+d_model 512, 6 encoder and 6 decoder layers, 8 heads, feed-forward 2048, a
+shared vocabulary of 58,101 tokens and 512 static sinusoidal positions. The
+weights are random from a fixed seed, and the files follow the hub layout
+(``source.spm``, ``target.spm``, ``vocab.json``, ``config.json``,
+``generation_config.json``, ``model.safetensors``). The output is nonsense,
+so the benchmark forces every engine to the same output length
+(``BENCH_FORCED_OUTPUT_TOKENS``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tests.make_tiny_model import (
     SHAPES,
     UNK_TOKEN,
     checkpoint_folder_name,
+    save_random_model,
 )
 
 logger = logging.getLogger(__name__)
@@ -183,8 +185,7 @@ def joint_vocab(spm: bytes, size: int) -> dict[str, int]:
 
 
 def _save_model(folder: Path, vocab_size: int, seed: int) -> None:
-    import torch
-    from transformers import GenerationConfig, MarianConfig, MarianMTModel
+    from transformers import MarianConfig
 
     pad_id = vocab_size - 1
     config = MarianConfig(
@@ -210,22 +211,7 @@ def _save_model(folder: Path, vocab_size: int, seed: int) -> None:
         architectures=["MarianMTModel"],
         **HUB_ONLY_FIELDS,
     )
-    # fork_rng keeps the caller's global random state unchanged.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MarianMTModel(config)
-    model.generation_config = GenerationConfig(
-        bad_words_ids=[[pad_id]],
-        bos_token_id=0,
-        decoder_start_token_id=pad_id,
-        eos_token_id=0,
-        forced_eos_token_id=0,
-        max_length=MAX_POSITIONS,
-        num_beams=4,
-        pad_token_id=pad_id,
-        renormalize_logits=True,
-    )
-    model.save_pretrained(folder)
+    save_random_model(folder, config, seed)
 
 
 def _write_json(path: Path, data: object) -> None:

@@ -24,7 +24,7 @@ from tests.helpers import (
     LiveApi,
     RedisServer,
     free_port,
-    wait_for,
+    start_worker,
     wait_for_http,
 )
 from tests.make_tiny_model import build_tiny_model
@@ -32,7 +32,6 @@ from tests.make_tiny_model import build_tiny_model
 TINY_PAIRS = (("en", "es"), ("es", "en"), ("en", "de"), ("de", "en"), ("en", "fr"))
 # A multi-target checkpoint: en-it and en-pt are served only through it.
 TINY_MULTI_TARGET = ("en", "ROMANCE", ("es", "fr", "it", "pt"))
-WORKER_START_TIMEOUT = 90.0
 API_START_TIMEOUT = 90.0
 API_STOP_TIMEOUT = 20.0
 WORKER_NAME = "testworker@127.0.0.1"
@@ -133,53 +132,8 @@ def celery_worker(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``celery -A tasks worker`` process consuming every queue."""
     log_path = tmp_path_factory.mktemp("worker-log") / "worker.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tasks",
-            "worker",
-            "--loglevel",
-            "INFO",
-            "--concurrency",
-            "1",
-            "--hostname",
-            WORKER_NAME,
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        cwd=PROJECT_ROOT,
-        env=stack_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    import redis
-
-    client = redis.Redis.from_url(stack_env["REDIS_URL"])
-    try:
-        wait_for(
-            lambda: (
-                process.poll() is not None or client.exists(f"mt:worker:{WORKER_NAME}")
-            ),
-            timeout=WORKER_START_TIMEOUT,
-            interval=0.2,
-        )
-        if process.poll() is not None:
-            raise RuntimeError(
-                "The Celery worker exited at start:\n" + log_path.read_text()
-            )
+    with start_worker(stack_env, WORKER_NAME, log_path) as process:
         yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 @pytest.fixture

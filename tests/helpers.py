@@ -454,19 +454,18 @@ def run_script(name: str, env: dict[str, str], timeout: float) -> Any:
 
 
 WORKER_START_TIMEOUT = 90.0
+WORKER_STOP_TIMEOUT = 20.0
 
 
 @contextmanager
-def run_worker(
-    env: dict[str, str], name: str, log_dir: Path, concurrency: int = 1
-) -> Iterator[str]:
-    """Run a real ``celery -A tasks worker`` with ``env``; yield its node name.
+def start_worker(
+    env: dict[str, str], hostname: str, log_path: Path, concurrency: int = 1
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a real ``celery -A tasks worker`` with ``env``; yield its process.
 
-    The worker has ``concurrency`` child processes and is stopped on exit. Its
-    output goes to ``log_dir/<name>.log``.
+    Waits until the worker's heartbeat is in Redis, and stops the worker on
+    exit. Its output goes to ``log_path``.
     """
-    hostname = f"{name}@127.0.0.1"
-    log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
@@ -501,15 +500,30 @@ def run_worker(
                 interval=0.2,
             )
             if process.poll() is not None:
-                raise RuntimeError(f"Worker {name} exited:\n{log_path.read_text()}")
-            yield hostname
+                raise RuntimeError(
+                    f"Worker {hostname} exited at start:\n{log_path.read_text()}"
+                )
+            yield process
         finally:
             process.terminate()
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=WORKER_STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextmanager
+def run_worker(
+    env: dict[str, str], name: str, log_dir: Path, concurrency: int = 1
+) -> Iterator[str]:
+    """Run a real worker named ``name@127.0.0.1``; yield that node name.
+
+    Its output goes to ``log_dir/<name>.log``.
+    """
+    hostname = f"{name}@127.0.0.1"
+    with start_worker(env, hostname, log_dir / f"{name}.log", concurrency):
+        yield hostname
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -387,8 +388,7 @@ def _save_model(
     init_std: float | None,
     shape: ModelShape,
 ) -> None:
-    import torch
-    from transformers import GenerationConfig, MarianConfig, MarianMTModel
+    from transformers import MarianConfig
 
     pad_id = vocab_size - 1
     config = MarianConfig(
@@ -411,6 +411,19 @@ def _save_model(
         decoder_start_token_id=pad_id,
         architectures=["MarianMTModel"],
     )
+    save_random_model(folder, config, seed)
+
+
+def save_random_model(folder: Path, config: Any, seed: int) -> None:
+    """Write a MarianMTModel of ``config`` with weights drawn from ``seed``.
+
+    The generation config is the one opus-mt checkpoints on the hub carry:
+    beam 4, EOS forced at the length limit and the pad token never generated.
+    """
+    import torch
+    from transformers import GenerationConfig, MarianMTModel
+
+    pad_id = config.pad_token_id
     # fork_rng keeps the caller's global random state unchanged.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -421,7 +434,7 @@ def _save_model(
         decoder_start_token_id=pad_id,
         eos_token_id=0,
         forced_eos_token_id=0,
-        max_length=MAX_POSITIONS,
+        max_length=config.max_position_embeddings,
         num_beams=4,
         pad_token_id=pad_id,
         renormalize_logits=True,

@@ -10,7 +10,6 @@ measured on these models instead (see ``INT8_AGREEMENT``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
 import os
@@ -34,7 +33,7 @@ from core.translator import (
     translate_texts,
     translate_texts_scored,
 )
-from tests.helpers import RedisServer, wait_for
+from tests.helpers import RedisServer, run_worker
 from tests.make_tiny_model import CORPORA, build_tiny_model
 
 pytestmark = [
@@ -83,9 +82,6 @@ INT8_AGREEMENT = {
 # log-softmax runs over one token fewer than transformers'. The scores of
 # fp32 outputs differed by at most 0.14 % on these models.
 SCORE_RELATIVE_TOLERANCE = 0.01
-
-WORKER_START_TIMEOUT = 180.0
-WORKER_STOP_TIMEOUT = 20.0
 
 
 @pytest.fixture(scope="module")
@@ -576,60 +572,6 @@ def test_throughput_rejects_empty_input(monkeypatch: pytest.MonkeyPatch) -> None
 # Real workers.
 
 
-@contextlib.contextmanager
-def engine_worker(
-    env: dict[str, str], hostname: str, log_path: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a ``celery -A tasks worker`` with ``env`` until the block ends."""
-    import redis
-
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tasks",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                "1",
-                "--hostname",
-                hostname,
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            cwd=env["PYTHONPATH"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        client = redis.Redis.from_url(env["REDIS_URL"])
-        try:
-            wait_for(
-                lambda: (
-                    process.poll() is not None
-                    or bool(client.exists(f"mt:worker:{hostname}"))
-                ),
-                timeout=WORKER_START_TIMEOUT,
-                description=f"worker {hostname} to start",
-            )
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"Worker {hostname} exited at start:\n{log_path.read_text()}"
-                )
-            yield process
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=WORKER_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 WORKER_ENGINES = (
     ("transformers", "fp32"),
     ("ctranslate2", "fp32"),
@@ -662,7 +604,7 @@ def test_workers_of_each_engine(
                 PRECISION=precision,
             )
             log_path = tmp_path / f"{name}.log"
-            with engine_worker(env, f"{name}@127.0.0.1", log_path):
+            with run_worker(env, name, tmp_path):
                 monkeypatch.setenv("REDIS_URL", server.url)
                 monkeypatch.setenv("MODEL_DIR", str(engine_model_dir))
                 monkeypatch.setenv("CACHE_DIR", str(tmp_path / name / "front"))
