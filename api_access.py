@@ -133,8 +133,8 @@ def _character_limit() -> str:
 def request_characters() -> int:
     """Count the characters of the texts a request sends; 0 when it sends none.
 
-    The body is parsed once and may be invalid here: the endpoint reports
-    that itself, so this never raises.
+    The body may be invalid here. The endpoint reports that itself, so any
+    error while reading it counts as 0 characters.
     """
     if "request_characters" in g:
         count: int = g.request_characters

@@ -24,7 +24,7 @@ SYNC_TIMEOUT=${SYNC_TIMEOUT:-30}
 WORKER_CONCURRENCY=${WORKER_CONCURRENCY:-1}
 WORKER_NAME="worker@$HOSTNAME"
 # Child processes of a second worker that consumes only the interactive queue,
-# so a single text never waits behind bulk chunks; 0 runs one worker for all.
+# so single texts do not wait behind bulk chunks. 0 runs one worker for all.
 INTERACTIVE_WORKERS=${INTERACTIVE_WORKERS:-1}
 INTERACTIVE_NAME="interactive@$HOSTNAME"
 PYTHON=$VENV_DIR/bin/python

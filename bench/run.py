@@ -53,9 +53,9 @@ from tests.helpers import SERVICE_ENV_VARS
 
 logger = logging.getLogger("bench.run")
 
-# The cold CSV runs and the ceiling of the default engine, which the goal
-# compares with them, translate all "sentences"; the other ceilings, compared
-# per token, translate "other_ceilings" of them, evenly spaced.
+# The cold CSV runs translate all "sentences", and so does the ceiling of the
+# default engine, because the goal compares them. The other ceilings are
+# compared per token, so they translate "other_ceilings" of them, evenly spaced.
 # csv_chunk is the CSV command's --chunk-size in the timed runs. The full run
 # uses the CHUNK_SIZE default of 64; the quick run uses 12, so that its 48
 # rows still make several tasks for two worker processes to share.
@@ -136,8 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--shared-machine",
         action="store_true",
-        help="other work ran on this machine during the run; the page says its "
-        "numbers are noisy",
+        help="mark the page as measured while other work ran on this machine, "
+        "so its numbers are noisy",
     )
     parser.add_argument(
         "--from-results",

@@ -1,8 +1,8 @@
 """How long each phase of a run took, and what the full run would take.
 
 Each phase records its wall time and ``extra_s``, the time the full run
-would add to it: a part that grows with the measured sets (such as the timed
-CSV run) times how much larger the full run's sets are, minus one. The rest
+would add to it. That is the part that grows with the measured sets (such as
+the timed CSV run), times how much larger the full run's sets are, minus one. The rest
 of a phase (process start-up, model loading, conversion) is taken to cost
 the same in either run, and a full run adds nothing.
 """

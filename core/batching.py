@@ -71,12 +71,12 @@ def collect(
         time.sleep(window)
     key = pending_key(source_lang, target_lang, options)
     try:
-        taken = redis_client().lpop(key, limit)
+        popped = redis_client().lpop(key, limit)
     except redis.RedisError as error:
         logger.warning("Could not take texts from %s: %s", key, error)
         return []
-    if not isinstance(taken, list):
+    if not isinstance(popped, list):
         return []
     return [
-        value.decode() if isinstance(value, bytes) else str(value) for value in taken
+        value.decode() if isinstance(value, bytes) else str(value) for value in popped
     ]

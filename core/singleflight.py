@@ -3,9 +3,9 @@
 Before a worker translates a cache miss, it sets a marker ``mt:inflight:<key>``
 for the miss's cache key with ``SET NX``. A worker that finds the marker set
 waits for the cache entry the owner will write instead of translating the
-same text again. The owner refreshes the marker while it translates, deletes it
-once the entry is cached or the translation failed, and a marker it no longer
-refreshes expires after ``SINGLE_FLIGHT_TTL`` seconds, so a waiting worker
+same text again. The owner refreshes the marker while it translates and deletes it
+once the entry is cached or the translation failed. A marker that is no longer
+refreshed expires after ``SINGLE_FLIGHT_TTL`` seconds, so a waiting worker
 translates the text itself soon after the owner died or failed.
 
 Without Redis every worker owns every key: the service then does the work

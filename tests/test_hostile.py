@@ -415,7 +415,7 @@ CASES = [
     native("unknown route", "GET", "/api/nope", 404, "No endpoint at '/api/nope'"),
     native("root", "GET", "/", 404, "No endpoint at '/'"),
     native("trailing slash", "GET", "/api/languages/", 404, "No endpoint"),
-    # HTTP that gunicorn rejects before the application sees it.
+    # HTTP that gunicorn rejects before the application receives it.
     native("long request line", "GET", "/api/task/" + LONG_ID, 414, "request line"),
     native("cancel long id", "DELETE", "/api/task/" + LONG_ID, 414, "request line"),
     native(
