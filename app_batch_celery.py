@@ -17,12 +17,16 @@ Queue it and come back later::
     python app_batch_celery.py --status JOB_ID
     python app_batch_celery.py --collect JOB_ID output.csv
 
-The input is streamed, never held in memory. A check pass validates the
-column, the encoding and the cell lengths and counts the rows before anything
-is submitted. A submit pass sends the rows in chunks to the ``bulk`` queue,
-and a write pass pairs each row with its translation as the workers return
-them. Texts already in the shared cache are not sent to a worker, so a rerun
-after a crash only translates the rows that were not done.
+The input is streamed and held in memory one sorting window at a time. A check
+pass validates the column, the encoding and the cell lengths and counts the
+rows before anything is submitted. A submit pass sends the rows in chunks to
+the ``bulk`` queue, and a write pass pairs each row with its translation as the
+workers return them. Within each window of ``SORT_WINDOW_CHUNKS`` chunks the
+rows are sent shortest first, so each task contains texts of similar length,
+which the workers batch with little padding. The job records each row's place,
+so its items and the output keep the input's row order. Texts already in the shared
+cache are not sent to a worker, so a rerun after a crash only translates the
+rows that were not done.
 
 This module never imports torch or transformers.
 """
@@ -116,6 +120,12 @@ META_KEYS = (
     "rows",
 )
 
+# Rows are sent to the workers sorted by length within windows of this many
+# chunks, so a task contains texts of similar length and is batched with little
+# padding. In file order, the texts of a task fall into many length buckets,
+# which the workers translate as separate small batches.
+SORT_WINDOW_CHUNKS = 8
+
 # Maximum row numbers kept per kind for the --verbose log. Later rows are counted only.
 MAX_LOGGED_ROWS = 1000
 SCORE_FORMAT = ".4f"
@@ -145,6 +155,8 @@ class CsvJob:
     detected_column: str | None = None
     score_column: str | None = None
     rows: int = 0
+    # Rows per sorting window when submitted, 0 to submit in row order.
+    sort_window: int = 0
 
     @property
     def added_columns(self) -> list[str]:
@@ -802,13 +814,47 @@ def _check_unchanged(job: CsvJob) -> None:
 # Submitting.
 
 
-def _chunks(job: CsvJob, chunk_size: int, first_row: int = 0) -> Iterator[list[str]]:
-    """Yield the texts of the rows from ``first_row`` on, ``chunk_size`` at a time."""
+def submission_order(texts: Sequence[str]) -> list[int]:
+    """Return the positions of ``texts``, shortest text first.
+
+    Texts of equal length are ordered by their content, so duplicates end up
+    side by side, usually in one task.
+    """
+    return sorted(
+        range(len(texts)), key=lambda position: (len(texts[position]), texts[position])
+    )
+
+
+def _windows(job: CsvJob, size: int, first_row: int = 0) -> Iterator[list[str]]:
+    """Yield the texts of the rows from ``first_row`` on, ``size`` rows at a time."""
     with csvio.open_rows(job.input_path, job.csv_format) as (header, rows):
         index = header.index(job.text_column)
         texts = itertools.islice((_cell(row, index) for row in rows), first_row, None)
-        while chunk := list(itertools.islice(texts, chunk_size)):
-            yield chunk
+        while window := list(itertools.islice(texts, size)):
+            yield window
+
+
+def _chunks(
+    job: CsvJob, chunk_size: int, first_row: int = 0
+) -> Iterator[tuple[list[int], list[str]]]:
+    """Yield the rows from ``first_row`` on, ``chunk_size`` at a time.
+
+    Each chunk is a list of job item indexes, counted from ``first_row``, and
+    the texts of those rows. Within each sorting window of ``job`` the rows
+    come in ``submission_order``.
+    """
+    offset = 0
+    for window in _windows(job, job.sort_window or chunk_size, first_row):
+        order = (
+            submission_order(window) if job.sort_window else list(range(len(window)))
+        )
+        for start in range(0, len(order), chunk_size):
+            positions = order[start : start + chunk_size]
+            yield (
+                [offset + position for position in positions],
+                [window[position] for position in positions],
+            )
+        offset += len(window)
 
 
 def submit_rows(
@@ -840,8 +886,8 @@ def submit_rows(
     )
     try:
         with _progress_bar(expected, "Submitting", progress) as bar:
-            for texts in _chunks(job, chunk_size, first_row):
-                submission.add(texts)
+            for rows, texts in _chunks(job, chunk_size, first_row):
+                submission.add(texts, rows=rows if job.sort_window else None)
                 bar.update(len(texts))
         if submission.total != expected:
             raise CliError(
@@ -1166,6 +1212,7 @@ def run_translate(args: argparse.Namespace) -> int:
 
     require_workers()
     chunk_size = args.chunk_size or get_settings().chunk_size
+    job.sort_window = chunk_size * SORT_WINDOW_CHUNKS
     progress = not args.no_progress
     try:
         job_id = submit_rows(

@@ -111,14 +111,24 @@ class Submission:
         self,
         texts: Sequence[str],
         known: Sequence[dict[str, Any] | None] | None = None,
+        rows: Sequence[int] | None = None,
     ) -> jobs.Chunk:
-        """Look a chunk up in the cache and send its misses as one task."""
+        """Look a chunk up in the cache and send its misses as one task.
+
+        ``rows`` gives the job item index of each text when the texts are not
+        the job's next items in order; each index is below the job's ``total``
+        and used once.
+        """
         items = (
             list(known)
             if known is not None
             else lookup(texts, self.source_lang, self.target_lang, self.options)
         )
-        chunk = jobs.Chunk(start=self.total, count=len(texts))
+        chunk = jobs.Chunk(
+            start=self.total,
+            count=len(texts),
+            rows=None if rows is None else list(rows),
+        )
         for position, item in enumerate(items):
             if item is None:
                 chunk.misses.append(position)

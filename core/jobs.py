@@ -68,13 +68,26 @@ def new_job_id() -> str:
 
 @dataclass
 class Chunk:
-    """Consecutive items of a job: cached items plus the misses sent as a task."""
+    """Items of a job: cached items plus the misses sent as a task.
+
+    The chunk's items are the job's items ``start`` to ``start + count``,
+    unless ``rows`` lists the job item index of each of them, for a submitter
+    that sends items in another order than the job's.
+    """
 
     start: int
     count: int
     hits: dict[int, dict[str, Any]] = field(default_factory=dict)
     misses: list[int] = field(default_factory=list)
     task_id: str | None = None
+    rows: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.rows is not None and len(self.rows) != self.count:
+            raise ValueError(
+                f"A chunk of {self.count} items needs {self.count} rows, not "
+                f"{len(self.rows)}."
+            )
 
 
 def _redis_call(function: Any) -> Any:
@@ -128,10 +141,14 @@ def add_chunk(job_id: str, index: int, chunk: Chunk) -> None:
         "count": chunk.count,
         "hits": len(chunk.hits),
     }
-    detail = {
+    detail: dict[str, Any] = {
         "hits": {str(position): item for position, item in chunk.hits.items()},
         "misses": chunk.misses,
     }
+    if chunk.rows is not None:
+        # The span lets readers of a slice skip chunks without their rows.
+        entry["span"] = [min(chunk.rows, default=0), max(chunk.rows, default=-1) + 1]
+        detail["rows"] = chunk.rows
 
     def write(client: redis.Redis) -> None:
         pipeline = client.pipeline()
@@ -221,6 +238,20 @@ def _chunk_detail(job_id: str, index: int) -> dict[str, Any]:
         check_job_present(job_id)
         raise JobExpired(f"Job {job_id!r} lost chunk {index}; submit it again.")
     return json.loads(raw)
+
+
+def _span(chunk: dict[str, Any]) -> tuple[int, int]:
+    """Return the lowest and one past the highest job item index of a chunk."""
+    if "span" in chunk:
+        low, high = chunk["span"]
+        return int(low), int(high)
+    return chunk["start"], chunk["start"] + chunk["count"]
+
+
+def _row(chunk: dict[str, Any], detail: dict[str, Any], position: int) -> int:
+    """Return the job item index of the item at ``position`` in a chunk."""
+    rows = detail.get("rows")
+    return int(rows[position]) if rows is not None else chunk["start"] + position
 
 
 def check_job_present(job_id: str) -> dict[str, Any]:
@@ -407,7 +438,7 @@ def _failure_items(
     for index, chunk, message in failures:
         detail = _chunk_detail(job_id, index)
         for position in detail["misses"]:
-            errors.append({"index": chunk["start"] + position, "error": message})
+            errors.append({"index": _row(chunk, detail, position), "error": message})
     return errors
 
 
@@ -432,13 +463,13 @@ def _item_error_entries(
     """Return ``[{index, error}]`` for items that failed inside successful tasks."""
     entries = []
     for index, chunk, errors in item_errors:
-        misses = _chunk_detail(job_id, index)["misses"]
+        detail = _chunk_detail(job_id, index)
+        misses = detail["misses"]
         for position, message in errors.items():
             if position < len(misses):
-                entries.append(
-                    {"index": chunk["start"] + misses[position], "error": message}
-                )
-    return entries
+                row = _row(chunk, detail, misses[position])
+                entries.append({"index": row, "error": message})
+    return sorted(entries, key=lambda entry: entry["index"])
 
 
 def _iso(timestamp: float) -> str:
@@ -524,32 +555,44 @@ def iter_items(
     None waits as long as it takes. ``start`` and ``stop`` select a slice of
     the items, like ``items[start:stop]``. With ``ride_out_outages`` a Redis
     outage pauses the iteration instead of raising ``BackendUnavailable``.
+    Items of chunks sent out of order wait until the items before them arrive.
     """
 
     def call(function: Any, *args: Any) -> Any:
         return _outage_tolerant(function, args, ride_out_outages, job_id)
 
+    waiting: dict[int, dict[str, Any]] = {}
+    next_row = start
     index = 0
-    while True:
-        chunks = call(_chunks, job_id)
+    chunks: list[dict[str, Any]] = []
+    while stop is None or next_row < stop:
         if index >= len(chunks):
+            # The chunk list is read again only after every chunk read so far
+            # was yielded, so a job of n chunks costs far fewer than n reads.
+            # The record is read first: once it says submitted, the list is whole.
             record = call(check_job_present, job_id)
-            if record["submitted"]:
-                return
-            time.sleep(RESULT_POLL_INTERVAL)
+            chunks = call(_chunks, job_id)
+            if index >= len(chunks):
+                if record["submitted"]:
+                    break
+                time.sleep(RESULT_POLL_INTERVAL)
             continue
         chunk = chunks[index]
-        chunk_end = chunk["start"] + chunk["count"]
-        if stop is not None and chunk["start"] >= stop:
-            return
-        if chunk_end > start:
+        low, high = _span(chunk)
+        if high > start and (stop is None or low < stop):
             detail = call(_chunk_detail, job_id, index)
             items = _chunk_items(job_id, chunk, detail, deadline, ride_out_outages)
-            for offset, item in enumerate(items):
-                position = chunk["start"] + offset
-                if position >= start and (stop is None or position < stop):
-                    yield item
+            for position, item in enumerate(items):
+                row = _row(chunk, detail, position)
+                if row >= start and (stop is None or row < stop):
+                    waiting[row] = item
+            while next_row in waiting:
+                yield waiting.pop(next_row)
+                next_row += 1
         index += 1
+    # Items after a row that never arrived still come, in row order.
+    for row in sorted(waiting):
+        yield waiting[row]
 
 
 def _outage_tolerant(

@@ -364,16 +364,26 @@ class FakeSubmission:
             "total": meta.pop("total", None),
             "meta": meta,
             "texts": [],
+            "sent": [],
+            "placed": [],
             "chunk_sizes": [],
         }
         backend.jobs[self.job_id] = self.record
 
-    def add(self, texts: list[str]) -> None:
-        self.record["texts"].extend(texts)
+    def add(self, texts: list[str], rows: list[int] | None = None) -> None:
+        positions = (
+            rows if rows is not None else range(self.total, self.total + len(texts))
+        )
+        self.record["sent"].extend(texts)
+        self.record["placed"].extend(zip(positions, texts, strict=True))
         self.record["chunk_sizes"].append(len(texts))
         self.total += len(texts)
 
     def finish(self) -> str:
+        # Like the job record, keep the texts in row order whatever order they came in.
+        placed = sorted(self.record["placed"])
+        assert [row for row, _ in placed] == list(range(self.total))
+        self.record["texts"] = [text for _, text in placed]
         self.record["total"] = self.total
         return self.job_id
 
@@ -576,6 +586,40 @@ def test_translate_keeps_rows(
 
 
 @pytest.mark.unit
+def test_rows_sent_shortest_first_per_window(
+    backend: FakeBackend, tmp_path: Path
+) -> None:
+    # Two sorting windows of 2 chunks of 3 rows, and a last short window.
+    lengths = [5, 1, 4, 2, 6, 3, 9, 7, 8, 7, 1, 2, 3, 1]
+    texts = [chr(ord("a") + row) * length for row, length in enumerate(lengths)]
+    source = tmp_path / "lengths.csv"
+    with source.open("w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle).writerows([["text"], *([text] for text in texts)])
+    output = tmp_path / "out.csv"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "SORT_WINDOW_CHUNKS", 2)
+        code = cli.main(translate_args(source, output, "--chunk-size", "3"))
+
+    assert code == cli.EXIT_OK
+    (record,) = backend.jobs.values()
+    windows = [texts[0:6], texts[6:12], texts[12:]]
+    expected = [text for window in windows for text in sorted(window, key=len)]
+    assert record["sent"] == expected
+    assert record["sent"] != texts
+    assert record["chunk_sizes"] == [3, 3, 3, 3, 2]
+    written = [row[1] for row in read_csv(output)[1:]]
+    assert written == [fake_translation(text, "es") for text in texts]
+
+
+@pytest.mark.unit
+def test_submission_order_groups_equal_texts() -> None:
+    texts = ["bb", "a", "cc", "bb", "a"]
+    order = cli.submission_order(texts)
+    assert [texts[position] for position in order] == ["a", "a", "bb", "bb", "cc"]
+    assert sorted(order) == list(range(len(texts)))
+
+
+@pytest.mark.unit
 def test_translate_records_job_meta(
     backend: FakeBackend, small_csv: Path, tmp_path: Path
 ) -> None:
@@ -696,7 +740,7 @@ import app_batch_celery as cli
 class Submission:
     def __init__(self, *args, **kwargs):
         self.job_id, self.total = "stalled-job", 0
-    def add(self, texts):
+    def add(self, texts, rows=None):
         self.total += len(texts)
     def finish(self):
         return self.job_id
@@ -843,7 +887,7 @@ class CountingSubmission:
         self.job_id = "counting-job"
         self.total = 0
 
-    def add(self, texts: list[str]) -> None:
+    def add(self, texts: list[str], rows: list[int] | None = None) -> None:
         self.total += len(texts)
         CountingSubmission.rows = self.total
 

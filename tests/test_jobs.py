@@ -245,3 +245,78 @@ def test_iter_items_waits_for_present_job(job_redis: redis.Redis) -> None:
 
     with pytest.raises(DeadlineExceeded):
         next(items)
+
+
+def permuted_job(client: redis.Redis) -> tuple[str, str, str]:
+    """A job of 6 items sent as two chunks of rows [4, 1, 2] and [0, 5, 3]."""
+    first_task, second_task = str(uuid.uuid4()), str(uuid.uuid4())
+    first = jobs.Chunk(
+        0,
+        3,
+        hits={1: item("r1", True)},
+        misses=[0, 2],
+        task_id=first_task,
+        rows=[4, 1, 2],
+    )
+    second = jobs.Chunk(3, 3, misses=[0, 1, 2], task_id=second_task, rows=[0, 5, 3])
+    job_id = make_job([first, second], 6)
+    set_task_state(client, first_task, "SUCCESS", {"items": [item("r4"), item("r2")]})
+    return job_id, first_task, second_task
+
+
+def test_iter_items_puts_permuted_chunks_in_row_order(job_redis: redis.Redis) -> None:
+    job_id, _, second_task = permuted_job(job_redis)
+    failed = {**item("r5"), "error": "Translation failed 3 times: boom"}
+    set_task_state(
+        job_redis, second_task, "SUCCESS", {"items": [item("r0"), failed, item("r3")]}
+    )
+
+    translations = [entry["translation"] for entry in jobs.iter_items(job_id)]
+    page = jobs.job_status(job_id, offset=2, limit=3)
+
+    assert translations == ["r0", "r1", "r2", "r3", "r4", "r5"]
+    assert page["status"] == "done"
+    assert page["result"]["translations"] == ["r2", "r3", "r4"]
+    assert page["errors"] == [{"index": 5, "error": "Translation failed 3 times: boom"}]
+
+
+def test_failed_permuted_chunk_names_its_rows(job_redis: redis.Redis) -> None:
+    job_id, _, second_task = permuted_job(job_redis)
+    set_task_state(
+        job_redis,
+        second_task,
+        "FAILURE",
+        {"exc_type": "RuntimeError", "exc_message": ["model crashed"]},
+    )
+
+    report = jobs.job_status(job_id)
+
+    assert report["status"] == "failed"
+    assert [entry["index"] for entry in report["errors"]] == [0, 3, 5]
+
+
+def test_chunk_rows_must_match_its_count() -> None:
+    with pytest.raises(ValueError, match="needs 2 rows, not 3"):
+        jobs.Chunk(0, 2, rows=[0, 1, 2])
+
+
+def test_iter_items_reads_chunk_list_once(
+    job_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 50 chunks of cached items: rereading the list per chunk would read it 50 times.
+    chunks = [
+        jobs.Chunk(index, 1, hits={0: item(f"t{index}", True)}) for index in range(50)
+    ]
+    job_id = make_job(chunks, 50)
+    reads = []
+    read_chunks = jobs._chunks
+
+    def counting(job: str) -> list[dict[str, object]]:
+        reads.append(job)
+        return read_chunks(job)
+
+    monkeypatch.setattr(jobs, "_chunks", counting)
+    translations = [entry["translation"] for entry in jobs.iter_items(job_id)]
+
+    assert translations == [f"t{index}" for index in range(50)]
+    assert len(reads) <= 2
