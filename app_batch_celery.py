@@ -21,8 +21,8 @@ The input is streamed and held in memory one sorting window at a time. A check
 pass validates the column, the encoding and the cell lengths and counts the
 rows before anything is submitted. A submit pass sends the rows in chunks to
 the ``bulk`` queue, and a write pass pairs each row with its translation as the
-workers return them. Within each window of ``SORT_WINDOW_CHUNKS`` chunks the
-rows are sent shortest first, so each task contains texts of similar length,
+workers return them. Within each window of rows (see ``sort_window``) the rows
+are sent shortest first, so each task contains texts of similar length,
 which the workers batch with little padding. The job records each row's place,
 so its items and the output keep the input's row order. Texts already in the shared
 cache are not sent to a worker, so a rerun after a crash only translates the
@@ -97,6 +97,8 @@ EXIT_USAGE = 2
 EXIT_BACKEND_UNAVAILABLE = 3
 EXIT_NOT_FINISHED = 4
 EXIT_INTERRUPTED = 130
+# 128 + SIGPIPE, the status of a program that a closed pipe stopped.
+EXIT_BROKEN_PIPE = 141
 
 USAGE_ERRORS = (
     InvalidRequest,
@@ -125,6 +127,9 @@ META_KEYS = (
 # padding. In file order, the texts of a task fall into many length buckets,
 # which the workers translate as separate small batches.
 SORT_WINDOW_CHUNKS = 8
+# Maximum rows of a sorting window, unless one chunk alone is larger. A window
+# is held in memory, so a large --chunk-size does not multiply it by 8.
+MAX_SORT_WINDOW_ROWS = 4096
 
 # Maximum row numbers kept per kind for the --verbose log. Later rows are counted only.
 MAX_LOGGED_ROWS = 1000
@@ -497,12 +502,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.status:
-            return run_status(args)
-        if args.collect:
-            return run_collect(args)
-        return run_translate(args)
+            code = run_status(args)
+        elif args.collect:
+            code = run_collect(args)
+        else:
+            code = run_translate(args)
+        # Flushed here, so a closed pipe is reported below and not at exit.
+        sys.stdout.flush()
+        return code
     except CliError as error:
         return _fail(error.message, error.exit_code)
+    except BrokenPipeError:
+        # The reader of stdout, such as head, exited. Python would report the
+        # pipe again when it flushes stdout at exit, so stdout goes to devnull.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except CsvFormatError as error:
         return _fail(error.message, EXIT_USAGE)
     except ConfigError as error:
@@ -814,6 +829,12 @@ def _check_unchanged(job: CsvJob) -> None:
 # Submitting.
 
 
+def sort_window(chunk_size: int) -> int:
+    """Return the rows of a sorting window: a whole number of chunks."""
+    chunks = min(SORT_WINDOW_CHUNKS, MAX_SORT_WINDOW_ROWS // chunk_size)
+    return chunk_size * max(1, chunks)
+
+
 def submission_order(texts: Sequence[str]) -> list[int]:
     """Return the positions of ``texts``, shortest text first.
 
@@ -960,6 +981,7 @@ def write_output(
     progress: bool,
     deadline: float | None = None,
     resubmit: Resubmission | None = None,
+    progress_label: str = "Translating",
 ) -> WriteSummary:
     """Write the input rows plus their translations to ``output_path``.
 
@@ -973,7 +995,7 @@ def write_output(
     with (
         csvio.open_rows(job.input_path, job.csv_format) as (header, rows),
         csvio.atomic_writer(output_path, job.csv_format) as writer,
-        _progress_bar(job.rows, "Translating", progress) as bar,
+        _progress_bar(job.rows, progress_label, progress) as bar,
     ):
         width = len(header)
         index = _column_index(header, job.text_column, job)
@@ -1108,7 +1130,7 @@ def _log_flagged_rows(summary: WriteSummary, job_id: str) -> None:
     """Log the row numbers of items with dropped terms or errors, not their text."""
     flagged = (
         ("lost protected spans or glossary terms", summary.unrestored_rows),
-        ("failed and kept their source text", summary.error_rows),
+        ("failed, with their source text kept", summary.error_rows),
     )
     for description, numbers in flagged:
         if not numbers:
@@ -1138,7 +1160,7 @@ def _flagged_counts(summary: WriteSummary) -> str:
             f"{_row_count(summary.unrestored)} lost protected spans or glossary terms"
         )
     if summary.errors:
-        parts.append(f"{_row_count(summary.errors)} failed and kept their source text")
+        parts.append(f"{_row_count(summary.errors)} failed, source text kept")
     if not parts:
         return ""
     return f" {' and '.join(parts)}. Run with --verbose to log their row numbers."
@@ -1164,8 +1186,9 @@ def _print_written(
         print(json.dumps(report))
         return
     print(
-        f"Wrote {summary.rows} rows to {output_path} (job {job_id}: "
-        f"{summary.translated} translated, {summary.cache_hits} rows from the cache, "
+        f"Wrote {_row_count(summary.rows)} to {output_path} (job {job_id}: "
+        f"{summary.translated} translated, {_row_count(summary.cache_hits)} from "
+        "the cache, "
         f"{summary.unchanged} left unchanged).{_flagged_counts(summary)}"
     )
 
@@ -1177,8 +1200,21 @@ def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
 
+def _command() -> str:
+    """Return how to run this program again: its interpreter and file name.
+
+    The interpreter is the one running now, relative to the working directory
+    when it lies inside it (``.venv/bin/python``), since a bare ``python``
+    may lack the project's packages.
+    """
+    interpreter = Path(sys.executable or "python")
+    if interpreter.is_relative_to(Path.cwd()):
+        interpreter = interpreter.relative_to(Path.cwd())
+    return f"{interpreter} {PROGRAM}"
+
+
 def _collect_hint(job_id: str, output: str) -> str:
-    return f"python {PROGRAM} --collect {job_id} {output}"
+    return f"{_command()} --collect {job_id} {output}"
 
 
 def run_translate(args: argparse.Namespace) -> int:
@@ -1212,7 +1248,7 @@ def run_translate(args: argparse.Namespace) -> int:
 
     require_workers()
     chunk_size = args.chunk_size or get_settings().chunk_size
-    job.sort_window = chunk_size * SORT_WINDOW_CHUNKS
+    job.sort_window = sort_window(chunk_size)
     progress = not args.no_progress
     try:
         job_id = submit_rows(
@@ -1265,8 +1301,8 @@ def _print_queued(job_id: str, job: CsvJob, args: argparse.Namespace) -> None:
         return
     print(job_id)
     print(
-        f"Queued {job.rows} rows as job {job_id}. Check it with: python "
-        f"{PROGRAM} --status {job_id}, then write the output with: "
+        f"Queued {job.rows} rows as job {job_id}. Check it with: "
+        f"{_command()} --status {job_id}, then write the output with: "
         f"{_collect_hint(job_id, args.output)}",
         file=sys.stderr,
     )
@@ -1307,8 +1343,10 @@ def _print_status(report: dict[str, Any], record: dict[str, Any]) -> None:
         print(f"Error: {report['error']} ({len(report['errors'])} rows failed)")
     elif report["errors"]:
         print(f"Failed rows: {len(report['errors'])}, kept with their source text")
+        # A resubmitted job starts at the input row ``first_row``.
+        first_row = int(meta.get("first_row") or 0)
         for entry in report["errors"][:MAX_STATUS_ERRORS]:
-            print(f"  row {entry['index'] + 1}: {entry['error']}")
+            print(f"  row {first_row + entry['index'] + 1}: {entry['error']}")
 
 
 def _csv_job_from_record(job_id: str, record: dict[str, Any]) -> CsvJob:
@@ -1355,7 +1393,14 @@ def run_collect(args: argparse.Namespace) -> int:
 
     _check_unchanged(job)
     deadline = _deadline(args.timeout or get_settings().sync_timeout)
-    summary = write_output(job, job_id, output_path, not args.no_progress, deadline)
+    summary = write_output(
+        job,
+        job_id,
+        output_path,
+        not args.no_progress,
+        deadline,
+        progress_label="Writing",
+    )
     release_private_job(job_id, record)
     _print_written(summary, job_id, output_path, args.json)
     return EXIT_OK

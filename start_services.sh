@@ -301,7 +301,7 @@ prepare_metrics_dir() {
 # FLOWER_BASIC_AUTH=user:password, else one generated on the first start and
 # kept in FLOWER_CREDENTIALS, readable by its owner only.
 flower_credentials() {
-  FLOWER_CREDENTIALS=${FLOWER_CREDENTIALS:-$RUN_DIR/../flower-credentials}
+  FLOWER_CREDENTIALS=${FLOWER_CREDENTIALS:-$(dirname "$RUN_DIR")/flower-credentials}
   if [[ -n ${FLOWER_BASIC_AUTH:-} ]]; then
     FLOWER_AUTH=$FLOWER_BASIC_AUTH
     return

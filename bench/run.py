@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import datetime
+import importlib.util
 import json
 import logging
 import os
@@ -103,6 +104,11 @@ MODEL = "opus-mt-en-de"
 NAIVE_ROW = "naive: transformers, 1 text per generate"
 
 
+# Packages of requirements-dev.txt, not requirements.txt, that the benchmark
+# imports: matplotlib draws the chart.
+DEV_PACKAGES = ("matplotlib",)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every measurement, then write the page, the chart and the JSON."""
     parser = argparse.ArgumentParser(
@@ -149,6 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.torch_threads < 0:
         parser.error(f"--torch-threads {args.torch_threads} is negative; use 0 or more")
+    # Checked before measuring, so a missing package cannot end a long run.
+    missing = [name for name in DEV_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        parser.error(
+            f"{', '.join(missing)} is not installed. Install the development "
+            "requirements with: .venv/bin/pip install -r requirements-dev.txt"
+        )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )

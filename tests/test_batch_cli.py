@@ -11,6 +11,7 @@ import codecs
 import csv
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -612,6 +613,41 @@ def test_rows_sent_shortest_first_per_window(
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize(
+    ("chunk_size", "window"),
+    [(1, 8), (64, 512), (512, 4096), (1000, 4000), (4096, 4096), (25_000, 25_000)],
+)
+def test_sort_window_bounded(chunk_size: int, window: int) -> None:
+    assert cli.sort_window(chunk_size) == window
+
+
+@pytest.mark.unit
+def test_status_row_after_resubmission(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A job resubmitted from input row 1537 numbers its items from that row.
+    record = {"kind": "csv", "meta": {"first_row": 1536}}
+    report = {
+        "task_id": "job-2",
+        "status": "done",
+        "source_lang": "en",
+        "target_lang": "es",
+        "progress": {"current": 8464, "total": 8464},
+        "errors": [{"index": 7463, "error": "Translation failed 3 times"}],
+        "created_at": "2024-01-01T00:00:00Z",
+        "expires_at": "2024-01-02T00:00:00Z",
+    }
+    monkeypatch.setattr(cli, "load_job", lambda job_id: record)
+    monkeypatch.setattr(cli, "job_status", lambda job_id, include_result: report)
+
+    code = cli.main(["--status", "job-2"])
+    output = capsys.readouterr().out
+
+    assert code == cli.EXIT_OK
+    assert "  row 9000: Translation failed 3 times" in output
+
+
+@pytest.mark.unit
 def test_submission_order_groups_equal_texts() -> None:
     texts = ["bb", "a", "cc", "bb", "a"]
     order = cli.submission_order(texts)
@@ -876,6 +912,68 @@ def test_status_text_and_json(
     assert "column 'text' -> 'text_es'" in text
     assert report["status"] == "processing"
     assert report["progress"] == {"current": 2, "total": 5}
+
+
+# Runs --status with a backend that reports one job, for tests of stdout.
+STATUS_CLI = """
+import sys
+import app_batch_celery as cli
+
+record = {"kind": "csv", "meta": {}}
+report = {
+    "task_id": "job-1", "status": "processing", "source_lang": "en",
+    "target_lang": "es", "progress": {"current": 1, "total": 2}, "errors": [],
+    "created_at": "2024-01-01T00:00:00Z", "expires_at": "2024-01-02T00:00:00Z",
+}
+cli.load_job = lambda job_id: record
+cli.job_status = lambda job_id, include_result=False: report
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.unit
+def test_status_into_closed_pipe() -> None:
+    reader, writer = os.pipe()
+    # With the read end closed, the first write to stdout raises EPIPE.
+    os.close(reader)
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-c", STATUS_CLI, "--status", "job-1"],
+            cwd=PROJECT_ROOT,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT_ROOT)},
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(writer)
+
+    assert completed.returncode == cli.EXIT_BROKEN_PIPE
+    assert completed.stderr == ""
+
+
+@pytest.mark.unit
+def test_queued_hint_names_interpreter(
+    backend: FakeBackend,
+    small_csv: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))
+
+    code = cli.main(translate_args(small_csv, tmp_path / "out.csv", "--async"))
+    captured = capsys.readouterr()
+    job_id = captured.out.strip()
+    hint = captured.err
+
+    assert code == cli.EXIT_OK
+    assert (
+        f"Check it with: .venv/bin/python app_batch_celery.py --status {job_id}" in hint
+    )
+    assert f".venv/bin/python app_batch_celery.py --collect {job_id}" in hint
 
 
 class CountingSubmission:
@@ -1308,7 +1406,7 @@ def test_flagged_rows_in_summary(
     assert report["errors"] == 2
     assert line.count("\n") == 1
     assert "1 row lost protected spans or glossary terms" in line
-    assert "2 rows failed and kept their source text" in line
+    assert "2 rows failed, source text kept" in line
     assert "--verbose" in line
 
 
@@ -1343,7 +1441,7 @@ def test_verbose_logs_row_numbers(
         for message in messages
     )
     assert any(
-        message.endswith("failed and kept their source text: 4, 5")
+        message.endswith("failed, with their source text kept: 4, 5")
         for message in messages
     )
     for message in messages:

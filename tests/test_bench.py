@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from bench import run as bench_run
 from bench.ceiling import expected_target_tokens
 from bench.corpus import build_corpus, corpus_digest, is_prose, split_sentences
 from bench.engines import count_generated_tokens, forced_length
@@ -673,3 +674,24 @@ def test_count_generated_tokens_counts_every_engine(
     assert count.outputs == 3
     assert count.tokens == expected_target_tokens(loaded.tokenizer, FORCED_TEXTS)
     assert translator.generate_batch is original
+
+
+@pytest.mark.unit
+def test_missing_package_stops_before_measuring(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def measure(*args: Any) -> dict[str, Any]:
+        raise AssertionError("The benchmark started measuring.")
+
+    monkeypatch.setattr(bench_run, "DEV_PACKAGES", ("matplotlib", "no_such_package"))
+    monkeypatch.setattr(bench_run, "run", measure)
+
+    with pytest.raises(SystemExit) as caught:
+        bench_run.main(["--quick", "--work-dir", str(tmp_path)])
+
+    assert caught.value.code == 2
+    error = capsys.readouterr().err
+    assert "no_such_package is not installed" in error
+    assert "pip install -r requirements-dev.txt" in error
