@@ -135,7 +135,7 @@ def create_job(
 def add_chunk(job_id: str, index: int, chunk: Chunk) -> None:
     """Append a chunk to a job, storing its cached items."""
     settings = get_settings()
-    entry = {
+    entry: dict[str, Any] = {
         "task_id": chunk.task_id,
         "start": chunk.start,
         "count": chunk.count,
