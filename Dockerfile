@@ -23,5 +23,5 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
 COPY . .
 USER mt
 EXPOSE 5000 5555 8501
-CMD ["gunicorn", "--bind", "0.0.0.0:5000", "--workers", "2", "--threads", "4", \
+CMD ["gunicorn", "--bind", "0.0.0.0:5000", "--workers", "2", "--threads", "16", \
      "--timeout", "60", "api_server:app"]

@@ -125,8 +125,13 @@ def unavailable_reason(engine: str) -> str | None:
     return None
 
 
-def measure_engine(texts: Sequence[str], engine: str) -> dict[str, Any]:
+def measure_engine(
+    texts: Sequence[str], engine: str, chunk_size: int = 0
+) -> dict[str, Any]:
     """Time the project's translator over all texts in one batched call.
+
+    With ``chunk_size``, time one call per task that the CSV command sends
+    with ``--chunk-size`` of that many rows.
 
     Returns ``{"skipped": reason}`` when ``unavailable_reason`` gives one or
     the engine cannot run the precision on this device.
@@ -147,7 +152,7 @@ def measure_engine(texts: Sequence[str], engine: str) -> dict[str, Any]:
     except ModelNotAvailable as error:
         return {"kind": "engine", "skipped": str(error)}
     load_seconds = time.perf_counter() - started
-    result = measure_throughput(loaded, texts, runs=1)
+    result = measure_throughput(loaded, texts, runs=1, chunk_size=chunk_size)
     return {
         "kind": "engine",
         "texts": len(texts),
@@ -212,7 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if spec["kind"] == "naive":
         result = measure_naive(Path(spec["model_dir"]), texts)
     elif spec["kind"] == "engine":
-        result = measure_engine(texts, os.environ.get("ENGINE", ""))
+        result = measure_engine(
+            texts, os.environ.get("ENGINE", ""), int(spec.get("csv_chunk", 0))
+        )
     else:
         parser.error(f"spec kind {spec['kind']!r} is unknown; use naive or engine")
     print(json.dumps(result))

@@ -127,13 +127,35 @@ class Throughput:
         return self.target_tokens / statistics.median(self.cpu_seconds)
 
 
+def csv_tasks(texts: Sequence[str], chunk_size: int) -> list[list[str]]:
+    """Split ``texts`` into the tasks the CSV command sends for them.
+
+    The command sends the rows of each sorting window shortest first, in
+    chunks of ``chunk_size`` rows, one task per chunk.
+    """
+    from app_batch_celery import sort_window, submission_order
+
+    window = sort_window(chunk_size)
+    tasks = []
+    for start in range(0, len(texts), window):
+        rows = list(texts[start : start + window])
+        ordered = [rows[position] for position in submission_order(rows)]
+        tasks += [
+            ordered[first : first + chunk_size]
+            for first in range(0, len(ordered), chunk_size)
+        ]
+    return tasks
+
+
 def measure_throughput(
-    loaded: LoadedModel, texts: Sequence[str], *, runs: int = 3
+    loaded: LoadedModel, texts: Sequence[str], *, runs: int = 3, chunk_size: int = 0
 ) -> Throughput:
     """Translate all ``texts`` in one translator call ``runs`` times.
 
     The translator splits, sorts and batches every text at once, as a worker
     does with one task's texts, and scores every output, as a worker does.
+    With ``chunk_size``, the texts are translated in one call per task of the
+    CSV command instead (see ``csv_tasks``).
     Batch sizes come from ``MAX_BATCH_SIZE`` and ``BATCH_TOKEN_BUDGET``.
     Tokenisation, decoding and scoring are inside the timed region. Raises
     ValueError unless ``BENCH_FORCED_OUTPUT_TOKENS`` is on, and RuntimeError
@@ -152,6 +174,7 @@ def measure_throughput(
         )
 
     translate_texts_scored(loaded, list(texts[:WARMUP_TEXTS]), loaded.source)
+    calls = csv_tasks(texts, chunk_size) if chunk_size else [list(texts)]
     seconds = []
     cpu_seconds = []
     counted = []
@@ -159,7 +182,8 @@ def measure_throughput(
         with count_generated_tokens() as count:
             started = time.perf_counter()
             cpu_started = time.process_time()
-            translate_texts_scored(loaded, list(texts), loaded.source)
+            for call in calls:
+                translate_texts_scored(loaded, call, loaded.source)
             seconds.append(time.perf_counter() - started)
             cpu_seconds.append(time.process_time() - cpu_started)
         counted.append(count.tokens)

@@ -100,6 +100,7 @@ def evaluate_goals(results: dict[str, Any]) -> list[Goal]:
     goals = []
 
     chunk = results.get("sizes", {}).get("csv_chunk", "CHUNK_SIZE")
+    chunked = _rate(throughput_row(results, names.get("default_chunked", "")))
     value = ratio(one_process, ceiling)
     goals.append(
         Goal(
@@ -107,12 +108,14 @@ def evaluate_goals(results: dict[str, Any]) -> list[Goal]:
             "same engine and precision",
             _goal_ratio(value),
             _check(value, value is not None and value >= 0.9),
-            "The CSV command sends the rows of each window of 8 chunks "
-            f"shortest first, but a task still holds at most {chunk} texts, "
-            "so its batches are smaller than those of one call over the whole "
-            "corpus. Each chunk also adds a Celery round trip, the "
-            "segmentation and cache writes of the pipeline, and the command "
-            "adds its start-up.",
+            "Translated in-process in the CSV command's tasks (rows sorted by "
+            f"length per window, {chunk} per task), the same texts reach "
+            f"{_goal_ratio(ratio(chunked, ceiling))} of the one-call ceiling, "
+            "because a task's batches are smaller than those of one call over "
+            f"the whole corpus. The service reaches "
+            f"{_goal_ratio(ratio(one_process, chunked))} of that chunked rate: "
+            "the rest goes to Celery round trips, the pipeline's cache writes, "
+            "the command's start-up and the other processes of the stack.",
         )
     )
     value = ratio(default, naive)

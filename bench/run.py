@@ -387,7 +387,46 @@ def _run_ceilings(
             names["transformers"] = name
         if (engine, precision) == default:
             names["default_ceiling"] = name
+    _run_chunked_ceiling(results, env, texts, sizes, logs, default)
     results["default_engine"] = {"engine": default[0], "precision": default[1]}
+
+
+def _run_chunked_ceiling(
+    results: dict[str, Any],
+    env: dict[str, str],
+    texts: list[str],
+    sizes: dict[str, int],
+    logs: Path,
+    default: tuple[str, str],
+) -> None:
+    """Measure the default engine in-process on the tasks of the CSV command.
+
+    This row against the one-call ceiling gives the cost of splitting the
+    texts into tasks. The CSV service rows against this row give the cost of
+    the service itself.
+    """
+    engine, precision = default
+    name = f"ceiling: {engine} {precision}, CSV tasks"
+    chunk = sizes["csv_chunk"]
+    logger.info("Measuring the in-process %s on %d texts", name, len(texts))
+    with phase(results, name) as current:
+        result = run_measurement(
+            {"kind": "engine", "texts": texts, "csv_chunk": chunk},
+            dict(env, ENGINE=engine, PRECISION=precision),
+            logs / f"ceiling-{engine}-{precision}-tasks.log",
+        )
+        if not result.get("skipped"):
+            current.scale(
+                result["seconds"], FULL_SIZES["sentences"] / sizes["sentences"]
+            )
+    settings = (
+        f"ENGINE={engine} PRECISION={precision}, one call per task of "
+        f"{chunk} rows as the CSV command sends them"
+    )
+    row = _throughput(name, settings, result)
+    row["ceiling"] = results["row_names"]["default_ceiling"]
+    results["throughput"].append(row)
+    results["row_names"]["default_chunked"] = name
 
 
 def _default_engine(env: dict[str, str]) -> tuple[str, str]:

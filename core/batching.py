@@ -61,17 +61,37 @@ def collect(
 ) -> list[str]:
     """Wait ``MICRO_BATCH_WINDOW`` seconds, then take up to ``limit`` texts.
 
-    Returns the pending texts of the route and options, oldest first, or an
-    empty list when Redis is unreachable.
+    While each window brings more pending texts, as during a burst of
+    requests, the worker waits another window, for at most
+    ``MICRO_BATCH_MAX_WAIT`` seconds in all, so a burst becomes one batch. A
+    window that brings nothing ends the wait, so a lone request waits one
+    window only. Returns the pending texts of the route and options, oldest
+    first, or an empty list when Redis is unreachable.
     """
     if limit <= 0:
         return []
-    window = get_settings().micro_batch_window
+    settings = get_settings()
+    window = settings.micro_batch_window
+    deadline = time.monotonic() + settings.micro_batch_max_wait
+    key = pending_key(source_lang, target_lang, options)
     if window > 0:
         time.sleep(window)
-    key = pending_key(source_lang, target_lang, options)
+    texts = _take(key, limit)
+    while window > 0 and texts and len(texts) < limit:
+        if time.monotonic() + window > deadline:
+            break
+        time.sleep(window)
+        more = _take(key, limit - len(texts))
+        if not more:
+            break
+        texts.extend(more)
+    return texts
+
+
+def _take(key: str, count: int) -> list[str]:
+    """Pop up to ``count`` texts from a pending list; none when Redis is down."""
     try:
-        popped = redis_client().lpop(key, limit)
+        popped = redis_client().lpop(key, count)
     except redis.RedisError as error:
         logger.warning("Could not take texts from %s: %s", key, error)
         return []

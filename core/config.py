@@ -337,6 +337,7 @@ class Settings:
     visibility_timeout: int = 360
     single_flight_ttl: int = 15
     micro_batch_window: float = 0.01
+    micro_batch_max_wait: float = 0.1
     task_max_attempts: int = 3
 
     # Test-only fault injection: unset in production.
@@ -426,6 +427,7 @@ def load_settings() -> Settings:
         ),
         single_flight_ttl=_env_int("SINGLE_FLIGHT_TTL", 15, minimum=1),
         micro_batch_window=_env_float("MICRO_BATCH_WINDOW", 0.01, minimum=0.0),
+        micro_batch_max_wait=_env_float("MICRO_BATCH_MAX_WAIT", 0.1, minimum=0.0),
         task_max_attempts=_env_int("TASK_MAX_ATTEMPTS", 3, minimum=1),
         test_item_delay=_env_float("TEST_ITEM_DELAY", 0.0, minimum=0.0),
         test_raise_marker=os.environ.get("TEST_RAISE_MARKER", "").strip(),

@@ -105,6 +105,79 @@ def test_pending_lists_by_route_and_options(
     assert key.startswith(batching.PENDING_PREFIX)
 
 
+class FakeClock:
+    """A stand-in for the time module in ``core.batching``: each sleep is a
+    window in which the texts of the next burst step are announced."""
+
+    def __init__(self, steps: list[list[str]], options: TranslationOptions) -> None:
+        self.now = 0.0
+        self.steps = steps
+        self.options = options
+        self.sleeps = 0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.sleeps += 1
+        for text in self.steps.pop(0) if self.steps else []:
+            batching.announce(text, "en", "es", self.options)
+
+
+@pytest.fixture
+def burst_settings(own_redis: redis.Redis, clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("MICRO_BATCH_WINDOW", "0.01")
+    clean_env.setenv("MICRO_BATCH_MAX_WAIT", "0.035")
+    _reset_process_state()
+
+
+def test_collect_waits_while_burst_grows(
+    burst_settings: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = TranslationOptions()
+    clock = FakeClock([["a", "b"], ["c"], [], ["late"]], plain)
+    monkeypatch.setattr(batching, "time", clock)
+
+    assert batching.collect("en", "es", plain, 10) == ["a", "b", "c"]
+    assert clock.sleeps == 3
+    assert batching.collect("en", "es", plain, 10) == ["late"]
+
+
+def test_collect_lone_request_waits_once(
+    burst_settings: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = TranslationOptions()
+    clock = FakeClock([], plain)
+    monkeypatch.setattr(batching, "time", clock)
+
+    assert batching.collect("en", "es", plain, 10) == []
+    assert clock.sleeps == 1
+
+
+def test_collect_stops_at_max_wait(
+    burst_settings: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = TranslationOptions()
+    clock = FakeClock([["a"], ["b"], ["c"], ["d"], ["e"]], plain)
+    monkeypatch.setattr(batching, "time", clock)
+
+    # Windows end at 0.01, 0.02 and 0.03 s; a fourth would end after 0.035 s.
+    assert batching.collect("en", "es", plain, 10) == ["a", "b", "c"]
+    assert batching.collect("en", "es", plain, 2) == ["d", "e"]
+
+
+def test_collect_stops_at_limit(
+    burst_settings: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = TranslationOptions()
+    clock = FakeClock([["a", "b"], ["c", "d"], ["e"]], plain)
+    monkeypatch.setattr(batching, "time", clock)
+
+    assert batching.collect("en", "es", plain, 3) == ["a", "b", "c"]
+    assert clock.sleeps == 2
+
+
 @pytest.fixture
 def batching_stack(
     stack_env: dict[str, str],

@@ -17,7 +17,12 @@ import pytest
 from bench import run as bench_run
 from bench.ceiling import expected_target_tokens
 from bench.corpus import build_corpus, corpus_digest, is_prose, split_sentences
-from bench.engines import count_generated_tokens, forced_length
+from bench.engines import (
+    count_generated_tokens,
+    csv_tasks,
+    forced_length,
+    measure_throughput,
+)
 from bench.memory import (
     MemoryUsage,
     mapped_library,
@@ -695,3 +700,37 @@ def test_missing_package_stops_before_measuring(
     error = capsys.readouterr().err
     assert "no_such_package is not installed" in error
     assert "pip install -r requirements-dev.txt" in error
+
+
+@pytest.mark.unit
+def test_csv_tasks_match_command_chunks(tmp_path: Path) -> None:
+    import app_batch_celery as cli
+    from core.csvio import detect_format
+
+    texts = [f"{'word ' * (index % 5)}row {index}" for index in range(30)]
+    source = tmp_path / "rows.csv"
+    source.write_text("text\n" + "".join(f"{text}\n" for text in texts))
+    job = cli.prepare_job(source, detect_format(source, None, None), "text", None, "de")
+    job.sort_window = cli.sort_window(4)
+
+    sent = [chunk for _, chunk in cli._chunks(job, 4)]
+
+    assert csv_tasks(texts, 4) == sent
+    assert [text for task in sent for text in task] != texts
+
+
+def test_chunked_throughput_same_tokens(forced_env: pytest.MonkeyPatch) -> None:
+    texts = [
+        "The morning train to the coast leaves at seven.",
+        "Could you send me the invoice before Friday?",
+        "It was cold, so we lit a fire in the kitchen.",
+        "Rain.",
+        "We walked along the river until the sun went down behind the hills.",
+    ]
+    loaded = load_model("en", "de")
+
+    whole = measure_throughput(loaded, texts, runs=1)
+    chunked = measure_throughput(loaded, texts, runs=1, chunk_size=2)
+
+    assert chunked.target_tokens == whole.target_tokens
+    assert chunked.texts == whole.texts == len(texts)
