@@ -130,6 +130,13 @@ SORT_WINDOW_CHUNKS = 8
 # Maximum rows of a sorting window, unless one chunk alone is larger. A window
 # is held in memory, so a large --chunk-size does not multiply it by 8.
 MAX_SORT_WINDOW_ROWS = 4096
+# Maximum characters of a chunk per row of --chunk-size, unless one row alone
+# is longer. Sorting puts the longest rows of a window together, and this keeps
+# such a chunk about as long to translate as a chunk of rows in file order.
+# An estimate: 64 rows of 1,000 characters are about 16,000 tokens, so about
+# 160 s at the 100 target tokens/s of the slowest engine in BENCHMARKS.md,
+# within the default soft time limit of 270 s.
+CHUNK_CHARS_PER_ROW = 1000
 
 # Maximum row numbers kept per kind for the --verbose log. Later rows are counted only.
 MAX_LOGGED_ROWS = 1000
@@ -855,10 +862,34 @@ def _windows(job: CsvJob, size: int, first_row: int = 0) -> Iterator[list[str]]:
             yield window
 
 
+def split_chunks(
+    texts: Sequence[str], order: Sequence[int], chunk_size: int
+) -> list[list[int]]:
+    """Split the positions ``order`` of ``texts`` into chunks, keeping their order.
+
+    A chunk contains at most ``chunk_size`` rows and, unless one row alone is
+    longer, ``chunk_size * CHUNK_CHARS_PER_ROW`` characters.
+    """
+    budget = chunk_size * CHUNK_CHARS_PER_ROW
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    characters = 0
+    for position in order:
+        length = len(texts[position])
+        if current and (len(current) >= chunk_size or characters + length > budget):
+            chunks.append(current)
+            current, characters = [], 0
+        current.append(position)
+        characters += length
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 def _chunks(
     job: CsvJob, chunk_size: int, first_row: int = 0
 ) -> Iterator[tuple[list[int], list[str]]]:
-    """Yield the rows from ``first_row`` on, ``chunk_size`` at a time.
+    """Yield the rows from ``first_row`` on, in chunks (see ``split_chunks``).
 
     Each chunk is a list of job item indexes, counted from ``first_row``, and
     the texts of those rows. Within each sorting window of ``job`` the rows
@@ -869,8 +900,7 @@ def _chunks(
         order = (
             submission_order(window) if job.sort_window else list(range(len(window)))
         )
-        for start in range(0, len(order), chunk_size):
-            positions = order[start : start + chunk_size]
+        for positions in split_chunks(window, order, chunk_size):
             yield (
                 [offset + position for position in positions],
                 [window[position] for position in positions],

@@ -133,17 +133,14 @@ def csv_tasks(texts: Sequence[str], chunk_size: int) -> list[list[str]]:
     The command sends the rows of each sorting window shortest first, in
     chunks of ``chunk_size`` rows, one task per chunk.
     """
-    from app_batch_celery import sort_window, submission_order
+    from app_batch_celery import sort_window, split_chunks, submission_order
 
     window = sort_window(chunk_size)
     tasks = []
     for start in range(0, len(texts), window):
         rows = list(texts[start : start + window])
-        ordered = [rows[position] for position in submission_order(rows)]
-        tasks += [
-            ordered[first : first + chunk_size]
-            for first in range(0, len(ordered), chunk_size)
-        ]
+        for positions in split_chunks(rows, submission_order(rows), chunk_size):
+            tasks.append([rows[position] for position in positions])
     return tasks
 
 

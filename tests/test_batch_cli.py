@@ -648,6 +648,21 @@ def test_status_row_after_resubmission(
 
 
 @pytest.mark.unit
+def test_split_chunks_rows_and_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "CHUNK_CHARS_PER_ROW", 10)
+    texts = ["a" * 5, "b" * 5, "c" * 5, "d" * 5, "e" * 12, "f" * 25, "g" * 3]
+    texts.append("h" * 40)
+    order = list(range(len(texts)))
+
+    # Chunks of at most 3 rows and 30 characters; a longer row goes alone.
+    chunks = cli.split_chunks(texts, order, 3)
+
+    assert chunks == [[0, 1, 2], [3, 4], [5, 6], [7]]
+    assert cli.split_chunks(texts, [6, 0, 1], 3) == [[6, 0, 1]]
+    assert cli.split_chunks([], [], 3) == []
+
+
+@pytest.mark.unit
 def test_submission_order_groups_equal_texts() -> None:
     texts = ["bb", "a", "cc", "bb", "a"]
     order = cli.submission_order(texts)
