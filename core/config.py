@@ -8,6 +8,7 @@ opened until a component uses them.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import urllib.parse
 from dataclasses import dataclass, field
@@ -56,7 +57,9 @@ def _env_int(name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
-def _env_float(name: str, default: float, minimum: float = 0.0) -> float:
+def _env_float(
+    name: str, default: float, minimum: float = 0.0, maximum: float | None = None
+) -> float:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -67,6 +70,17 @@ def _env_float(name: str, default: float, minimum: float = 0.0) -> float:
             f"{name}={raw!r} is not a number. Set it to a value such as "
             f"{default}, or unset it to use the default."
         ) from None
+    # float() also parses "inf" and "nan", and nan passes every comparison.
+    if not math.isfinite(value):
+        raise ConfigError(
+            f"{name}={raw!r} is not a finite number. Set it to a value such as "
+            f"{default}, or unset it to use the default."
+        )
+    if maximum is not None and value > maximum:
+        raise ConfigError(
+            f"{name}={raw!r} is above the maximum of {maximum}. "
+            f"Set it to at most {maximum} (default {default})."
+        )
     if value < minimum:
         raise ConfigError(
             f"{name}={raw!r} is below the minimum of {minimum}. "
@@ -426,8 +440,13 @@ def load_settings() -> Settings:
             "VISIBILITY_TIMEOUT", task_time_limit + 60, minimum=1
         ),
         single_flight_ttl=_env_int("SINGLE_FLIGHT_TTL", 15, minimum=1),
-        micro_batch_window=_env_float("MICRO_BATCH_WINDOW", 0.01, minimum=0.0),
-        micro_batch_max_wait=_env_float("MICRO_BATCH_MAX_WAIT", 0.1, minimum=0.0),
+        # A worker sleeps these seconds before it translates a single text.
+        micro_batch_window=_env_float(
+            "MICRO_BATCH_WINDOW", 0.01, minimum=0.0, maximum=1.0
+        ),
+        micro_batch_max_wait=_env_float(
+            "MICRO_BATCH_MAX_WAIT", 0.1, minimum=0.0, maximum=5.0
+        ),
         task_max_attempts=_env_int("TASK_MAX_ATTEMPTS", 3, minimum=1),
         test_item_delay=_env_float("TEST_ITEM_DELAY", 0.0, minimum=0.0),
         test_raise_marker=os.environ.get("TEST_RAISE_MARKER", "").strip(),

@@ -66,6 +66,13 @@ def test_typed_values(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ("DEVICE", "tpu", "DEVICE='tpu' is not valid"),
         ("PRECISION", "bf16", "PRECISION='bf16' is not valid"),
         ("VISIBILITY_TIMEOUT", "10", "must be longer than TASK_TIME_LIMIT"),
+        ("SYNC_TIMEOUT", "nan", "SYNC_TIMEOUT='nan' is not a finite number"),
+        ("MICRO_BATCH_WINDOW", "inf", "MICRO_BATCH_WINDOW='inf' is not a finite"),
+        ("MICRO_BATCH_WINDOW", "1e400", "is not a finite number"),
+        ("MICRO_BATCH_WINDOW", "5", "above the maximum of 1.0"),
+        ("MICRO_BATCH_MAX_WAIT", "-1", "MICRO_BATCH_MAX_WAIT='-1' is below"),
+        ("MICRO_BATCH_MAX_WAIT", "1e9", "above the maximum of 5.0"),
+        ("MICRO_BATCH_MAX_WAIT", "nan", "is not a finite number"),
     ],
 )
 def test_invalid_values_name_variable(
