@@ -201,8 +201,9 @@ launch() {
 
 fail_start() {
   echo "start_services.sh: $1 $2. Last lines of $LOG_DIR/$1.log:" >&2
-  # Only the lines written since this start's marker line.
-  tac "$LOG_DIR/$1.log" | sed '/^--- .* starting /q' | tac | tail -n 30 >&2
+  # Only the lines written since this start's marker line. sed stops reading
+  # early, so tac may end with SIGPIPE, which must not replace the exit status.
+  { tac "$LOG_DIR/$1.log" | sed '/^--- .* starting /q' | tac | tail -n 30 >&2; } || true
   echo "Run ./stop_services.sh to stop the services started so far." >&2
   exit 1
 }
@@ -313,7 +314,24 @@ flower_credentials() {
   FLOWER_AUTH=$(<"$FLOWER_CREDENTIALS")
 }
 
+# Every service reads the same settings, so an invalid one is reported here,
+# before any service starts, instead of in one service's log.
+check_settings() {
+  # start_redis writes the Redis password file when it does not exist yet.
+  local -a unset=()
+  [[ -s ${REDIS_PASSWORD_FILE:-} ]] || unset=(-u REDIS_PASSWORD_FILE)
+  env "${unset[@]}" "$PYTHON" -c '
+import sys
+from core.config import ConfigError, load_settings
+try:
+    load_settings()
+except ConfigError as error:
+    sys.exit(f"start_services.sh: invalid setting: {error}")
+'
+}
+
 install_requirements
+check_settings
 build_tiny_models
 mkdir -p "$RUN_DIR" "$LOG_DIR"
 prepare_metrics_dir

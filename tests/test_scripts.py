@@ -233,3 +233,15 @@ def test_start_refuses_port_in_use(tmp_path: Path, setting: str) -> None:
     assert f"{setting}={port} is already in use" in result.stderr
     # It failed before starting anything.
     assert list((tmp_path / "run").glob("*.pid")) == []
+
+
+@pytest.mark.integration
+def test_start_refuses_invalid_setting(tmp_path: Path) -> None:
+    env = stack_env(tmp_path, tmp_path / "models", MICRO_BATCH_MAX_WAIT="-1")
+    result = run_script("start_services.sh", env, SCRIPT_TIMEOUT * 4)
+
+    assert result.returncode == 1
+    assert "invalid setting: MICRO_BATCH_MAX_WAIT='-1' is below" in result.stderr
+    assert "Traceback" not in result.stderr
+    # It failed before starting anything.
+    assert list((tmp_path / "run").glob("*.pid")) == []
