@@ -370,15 +370,14 @@ def _run_ceilings(
                 "other_ceilings",
             )
         )
-        logger.info("Measuring the in-process %s on %d texts", name, len(chosen))
-        with phase(results, name) as current:
-            result = run_measurement(
-                {"kind": "engine", "texts": chosen},
-                dict(env, ENGINE=engine, PRECISION=precision),
-                logs / f"ceiling-{engine}-{precision}.log",
-            )
-            if not result.get("skipped"):
-                current.scale(result["seconds"], FULL_SIZES[key] / sizes[key])
+        result = _measure_in_process(
+            results,
+            name,
+            {"kind": "engine", "texts": chosen},
+            dict(env, ENGINE=engine, PRECISION=precision),
+            logs / f"ceiling-{engine}-{precision}.log",
+            FULL_SIZES[key] / sizes[key],
+        )
         settings = f"ENGINE={engine} PRECISION={precision}, one call, all texts"
         if (engine, precision) == default:
             settings += " (the default)"
@@ -389,6 +388,27 @@ def _run_ceilings(
             names["default_ceiling"] = name
     _run_chunked_ceiling(results, env, texts, sizes, logs, default)
     results["default_engine"] = {"engine": default[0], "precision": default[1]}
+
+
+def _measure_in_process(
+    results: dict[str, Any],
+    name: str,
+    spec: dict[str, Any],
+    env: dict[str, str],
+    log: Path,
+    full_scale: float,
+) -> dict[str, Any]:
+    """Run one ``bench.ceiling`` measurement as a timed phase and return it.
+
+    ``full_scale`` is how many times more texts the full run measures, for
+    the estimate of its duration.
+    """
+    logger.info("Measuring the in-process %s on %d texts", name, len(spec["texts"]))
+    with phase(results, name) as current:
+        result = run_measurement(spec, env, log)
+        if not result.get("skipped"):
+            current.scale(result["seconds"], full_scale)
+    return result
 
 
 def _run_chunked_ceiling(
@@ -408,17 +428,14 @@ def _run_chunked_ceiling(
     engine, precision = default
     name = f"ceiling: {engine} {precision}, CSV tasks"
     chunk = sizes["csv_chunk"]
-    logger.info("Measuring the in-process %s on %d texts", name, len(texts))
-    with phase(results, name) as current:
-        result = run_measurement(
-            {"kind": "engine", "texts": texts, "csv_chunk": chunk},
-            dict(env, ENGINE=engine, PRECISION=precision),
-            logs / f"ceiling-{engine}-{precision}-tasks.log",
-        )
-        if not result.get("skipped"):
-            current.scale(
-                result["seconds"], FULL_SIZES["sentences"] / sizes["sentences"]
-            )
+    result = _measure_in_process(
+        results,
+        name,
+        {"kind": "engine", "texts": texts, "csv_chunk": chunk},
+        dict(env, ENGINE=engine, PRECISION=precision),
+        logs / f"ceiling-{engine}-{precision}-tasks.log",
+        FULL_SIZES["sentences"] / sizes["sentences"],
+    )
     settings = (
         f"ENGINE={engine} PRECISION={precision}, one call per task of "
         f"{chunk} rows as the CSV command sends them"

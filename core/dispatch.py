@@ -116,8 +116,8 @@ class Submission:
         """Look a chunk up in the cache and send its misses as one task.
 
         ``rows`` gives the job item index of each text when the texts are not
-        the job's next items in order; each index is below the job's ``total``
-        and used once.
+        the job's next items in order. Each index is below the job's ``total``
+        and is used once.
         """
         items = (
             list(known)

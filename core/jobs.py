@@ -569,7 +569,8 @@ def iter_items(
         if index >= len(chunks):
             # The chunk list is read again only after every chunk read so far
             # was yielded, so a job of n chunks costs far fewer than n reads.
-            # The record is read first: once it says submitted, the list is whole.
+            # The record is read first, because once it is marked submitted,
+            # the list read after it is complete.
             record = call(check_job_present, job_id)
             chunks = call(_chunks, job_id)
             if index >= len(chunks):
